@@ -1,0 +1,133 @@
+#include "cc/kernels/multihash_kernel_base.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace tensorflow {
+namespace multihash {
+
+MultiHashKernelBase::MultiHashKernelBase(OpKernelConstruction* ctx)
+    : OpKernel(ctx) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &dtype_));
+  std::string operation, strategy;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("operation", &operation));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("complementary_strategy", &strategy));
+  if (operation == "add") {
+    combine_ = tfmh::Combine::kAdd;
+  } else if (operation == "mul") {
+    combine_ = tfmh::Combine::kMul;
+  } else if (operation == "concat") {
+    combine_ = tfmh::Combine::kConcat;
+  } else {
+    ctx->CtxFailure(absl::InvalidArgumentError(
+        absl::StrCat("The operation ", operation, " is not supported")));
+    return;
+  }
+  if (strategy == "Q-R") {
+    strategy_ = tfmh::Strategy::kQR;
+  } else {
+    ctx->CtxFailure(absl::InvalidArgumentError(
+        absl::StrCat("The strategy ", strategy, " is not supported")));
+    return;
+  }
+  std::vector<int64_t> widths, shards;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("table_rows", &table_rows_));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("table_widths", &widths));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("num_shards", &shards));
+  table_widths_.assign(widths.begin(), widths.end());
+  num_shards_.assign(shards.begin(), shards.end());
+  DataTypeVector table_types;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("Ttables", &table_types));
+  for (size_t i = 0; i < table_types.size(); ++i) {
+    OP_REQUIRES(
+        ctx, table_types[i] == dtype_ || table_types[i] == DT_RESOURCE,
+        absl::InvalidArgumentError(absl::StrCat(
+            "tables[", i, "] has dtype ", DataTypeString(table_types[i]),
+            ", expected ", DataTypeString(dtype_), " or a resource")));
+  }
+}
+
+absl::Status MultiHashKernelBase::ResolveTables(
+    OpKernelContext* ctx, ResolvedTables* tables) const {
+  int start = 0, stop = 0;
+  TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange("tables", &start, &stop));
+  const int n = stop - start;
+
+  // Look every resource up first, then lock in mutex address order (the
+  // order TensorFlow's own kernels use) so no two kernels can deadlock.
+  std::vector<Var*> var_of(n, nullptr);
+  for (int i = 0; i < n; ++i) {
+    if (ctx->input_dtype(start + i) != DT_RESOURCE) continue;
+    core::RefCountPtr<Var> var;
+    TF_RETURN_IF_ERROR(
+        LookupResource(ctx, HandleFromInput(ctx, start + i), &var));
+    var_of[i] = var.get();
+    tables->vars_.push_back(std::move(var));
+  }
+  std::vector<mutex*> mutexes;
+  for (Var* v : var_of) {
+    if (v != nullptr) mutexes.push_back(v->mu());
+  }
+  std::sort(mutexes.begin(), mutexes.end());
+  mutexes.erase(std::unique(mutexes.begin(), mutexes.end()), mutexes.end());
+  tables->locks_.reserve(mutexes.size());
+  for (mutex* mu : mutexes) tables->locks_.emplace_back(*mu);
+
+  std::vector<int64_t> shard_rows(n);
+  tables->shards_.resize(n);
+  int shard = 0;
+  for (size_t j = 0; j < num_shards_.size(); ++j) {
+    for (int s = 0; s < num_shards_[j]; ++s, ++shard) {
+      if (shard >= n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "num_shards [", absl::StrJoin(num_shards_, ", "),
+            "] needs more than the ", n, " tables given"));
+      }
+      const Tensor* t = var_of[shard] != nullptr ? var_of[shard]->tensor()
+                                                 : &ctx->input(start + shard);
+      if (var_of[shard] != nullptr && !t->IsInitialized()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", s, " of table ", j,
+            " is an uninitialized resource variable"));
+      }
+      if (t->dtype() != dtype_) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "shard ", s, " of table ", j, " has dtype ",
+            DataTypeString(t->dtype()), ", expected ", DataTypeString(dtype_)));
+      }
+      if (t->dims() != 2 || t->dim_size(1) != table_widths_[j]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "shard ", s, " of table ", j, " must have shape [rows, ",
+            table_widths_[j], "], got ", t->shape().DebugString()));
+      }
+      tables->shards_[shard] = t;
+      shard_rows[shard] = t->dim_size(0);
+    }
+  }
+  if (shard != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_shards [", absl::StrJoin(num_shards_, ", "),
+                     "] adds up to ", shard, " shards, but ", n,
+                     " tables were given"));
+  }
+  const std::string error = tfmh::InitLayout(
+      strategy_, combine_, static_cast<int>(table_rows_.size()),
+      table_rows_.data(), table_widths_.data(), num_shards_.data(),
+      shard_rows.data(), &tables->layout_);
+  if (!error.empty()) return absl::InvalidArgumentError(error);
+  return absl::OkStatus();
+}
+
+absl::Status MultiHashKernelBase::OutOfRangeError(const tfmh::Layout& layout,
+                                                  int64_t position,
+                                                  int64_t id) const {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "ids[", position, "] = ", id, " is out of range: ids must be in [0, ",
+      layout.capacity, "), the capacity of tables with [",
+      absl::StrJoin(table_rows_, ", "), "] rows"));
+}
+
+}  // namespace multihash
+}  // namespace tensorflow

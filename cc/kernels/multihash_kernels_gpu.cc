@@ -1,0 +1,222 @@
+// GPU kernels of MultiHashLookup and MultiHashLookupGrad: they validate,
+// allocate with TensorFlow's allocators and call the framework-free CUDA
+// launchers of gpu_kernels/ on the op's stream. Built with the host compiler;
+// only when the build found CUDA (GOOGLE_CUDA).
+#if GOOGLE_CUDA
+
+#include <limits>
+#include <vector>
+
+#include "cc/kernels/multihash_kernel_base.h"
+#include "gpu_kernels/multihash_gpu.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "xla/stream_executor/device_address.h"
+#include "xla/stream_executor/stream.h"
+
+namespace tensorflow {
+namespace multihash {
+namespace {
+
+template <typename T>
+struct GpuDType;
+template <>
+struct GpuDType<float> {
+  static constexpr tfmh::gpu::DType value = tfmh::gpu::DType::kFloat32;
+};
+template <>
+struct GpuDType<Eigen::half> {
+  static constexpr tfmh::gpu::DType value = tfmh::gpu::DType::kFloat16;
+};
+template <>
+struct GpuDType<bfloat16> {
+  static constexpr tfmh::gpu::DType value = tfmh::gpu::DType::kBFloat16;
+};
+
+template <typename Index>
+constexpr tfmh::gpu::IdType GpuIdType() {
+  return sizeof(Index) == 4 ? tfmh::gpu::IdType::kInt32
+                            : tfmh::gpu::IdType::kInt64;
+}
+
+se::Stream* StreamOf(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream();
+}
+
+void* CudaStreamOf(OpKernelContext* ctx) {
+  return StreamOf(ctx)->platform_specific_handle().stream;
+}
+
+absl::Status LaunchStatus(const char* what, tfmh::gpu::Status status) {
+  if (status == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, " failed: ",
+                                          tfmh::gpu::ErrorString(status)));
+}
+
+tfmh::gpu::ShardPointers PointersOf(const ResolvedTables& tables) {
+  tfmh::gpu::ShardPointers p = {};
+  for (size_t s = 0; s < tables.shards().size(); ++s) {
+    p.data[s] = tables.shards()[s]->data();
+  }
+  return p;
+}
+
+// Host memory the GPU can copy into directly.
+absl::Status AllocatePinned(OpKernelContext* ctx, DataType dtype, int64_t n,
+                            Tensor* t) {
+  AllocatorAttributes attr;
+  attr.set_on_host(true);
+  attr.set_gpu_compatible(true);
+  return ctx->allocate_temp(dtype, TensorShape({n}), t, attr);
+}
+
+}  // namespace
+
+template <typename T, typename Index>
+class MultiHashLookupGpuOp : public MultiHashKernelBase {
+ public:
+  using MultiHashKernelBase::MultiHashKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    ResolvedTables tables;
+    OP_REQUIRES_OK(ctx, ResolveTables(ctx, &tables));
+    const tfmh::Layout& layout = tables.layout();
+    const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
+    TensorShape out_shape = ids.shape();
+    out_shape.AddDim(layout.out_width);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    const int64_t n = ids.NumElements();
+    if (n == 0) return;
+
+    // The kernel checks the ids on the device; the first bad position comes
+    // back to the host so the error is raised here, as on the CPU.
+    Tensor first_bad, first_bad_host;
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_temp(DT_INT64, TensorShape({1}), &first_bad));
+    OP_REQUIRES_OK(ctx, AllocatePinned(ctx, DT_INT64, 1, &first_bad_host));
+    int64_t* d_first_bad = first_bad.flat<int64_t>().data();
+    OP_REQUIRES_OK(
+        ctx, LaunchStatus("MultiHashLookup",
+                          tfmh::gpu::LaunchLookup(
+                              layout, GpuDType<T>::value, GpuIdType<Index>(),
+                              PointersOf(tables), ids.data(), n, out->data(),
+                              d_first_bad, CudaStreamOf(ctx))));
+    se::Stream* stream = StreamOf(ctx);
+    int64_t* h_first_bad = first_bad_host.flat<int64_t>().data();
+    OP_REQUIRES_OK(ctx, stream->Memcpy(h_first_bad,
+                                       se::DeviceAddressBase(d_first_bad,
+                                                             sizeof(int64_t)),
+                                       sizeof(int64_t)));
+    OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
+    if (*h_first_bad != std::numeric_limits<int64_t>::max()) {
+      const int64_t position = *h_first_bad;
+      Index bad_id = 0;
+      const Index* d_bad = ids.flat<Index>().data() + position;
+      OP_REQUIRES_OK(ctx, stream->Memcpy(&bad_id,
+                                         se::DeviceAddressBase(
+                                             const_cast<Index*>(d_bad),
+                                             sizeof(Index)),
+                                         sizeof(Index)));
+      OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
+      ctx->CtxFailure(
+          OutOfRangeError(layout, position, static_cast<int64_t>(bad_id)));
+    }
+  }
+};
+
+template <typename T, typename Index>
+class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
+ public:
+  using MultiHashKernelBase::MultiHashKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    ResolvedTables tables;
+    OP_REQUIRES_OK(ctx, ResolveTables(ctx, &tables));
+    const tfmh::Layout& l = tables.layout();
+    const Tensor& grad = ctx->input(0);
+    const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
+    TensorShape expected = ids.shape();
+    expected.AddDim(l.out_width);
+    OP_REQUIRES(ctx, grad.shape() == expected,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "grad must have shape ", expected.DebugString(),
+                    " (ids.shape + [", l.out_width, "]), got ",
+                    grad.shape().DebugString())));
+    const int num_shards = l.shard_begin[l.num_tables];
+    OP_REQUIRES(ctx, ctx->num_outputs() == 2 * num_shards,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "N must equal the number of shards, ", num_shards)));
+    const int64_t n = ids.NumElements();
+    const tfmh::gpu::IdType id_type = GpuIdType<Index>();
+    void* stream = CudaStreamOf(ctx);
+
+    // Phase 1 finds the distinct rows of every shard; their counts size the
+    // outputs, so they come back to the host before phase 2.
+    const size_t ws_bytes =
+        tfmh::gpu::LookupGradWorkspaceBytes(l, id_type, n);
+    Tensor workspace, counts;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                            DT_INT8,
+                            TensorShape({static_cast<int64_t>(ws_bytes)}),
+                            &workspace));
+    OP_REQUIRES_OK(ctx, AllocatePinned(ctx, DT_INT64, num_shards, &counts));
+    int64_t* h_counts = counts.flat<int64_t>().data();
+    OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
+                                     tfmh::gpu::LaunchLookupGradPrepare(
+                                         l, GpuDType<T>::value, id_type,
+                                         ids.data(), n, workspace.data(),
+                                         ws_bytes, h_counts, stream)));
+    OP_REQUIRES_OK(ctx, StreamOf(ctx)->BlockHostUntilDone());
+
+    std::vector<void*> indices(num_shards), values(num_shards);
+    for (int j = 0; j < l.num_tables; ++j) {
+      for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
+        Tensor* idx = nullptr;
+        Tensor* val = nullptr;
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                                s, TensorShape({h_counts[s]}), &idx));
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                                num_shards + s,
+                                TensorShape({h_counts[s], l.width[j]}), &val));
+        indices[s] = idx->data();
+        values[s] = val->data();
+      }
+    }
+    OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
+                                     tfmh::gpu::LaunchLookupGradFinish(
+                                         l, GpuDType<T>::value, id_type,
+                                         PointersOf(tables), ids.data(),
+                                         grad.data(), n, workspace.data(),
+                                         ws_bytes, indices.data(),
+                                         values.data(), stream)));
+  }
+};
+
+#define REGISTER_GPU(T, Index)                                            \
+  REGISTER_KERNEL_BUILDER(Name("MultiHashLookup")                         \
+                              .Device(DEVICE_GPU)                         \
+                              .TypeConstraint<T>("T")                     \
+                              .TypeConstraint<Index>("Tidx"),             \
+                          MultiHashLookupGpuOp<T, Index>);                \
+  REGISTER_KERNEL_BUILDER(Name("MultiHashLookupGrad")                     \
+                              .Device(DEVICE_GPU)                         \
+                              .TypeConstraint<T>("T")                     \
+                              .TypeConstraint<Index>("Tidx"),             \
+                          MultiHashLookupGradGpuOp<T, Index>);
+
+#define REGISTER_GPU_ALL_INDEX(T) \
+  REGISTER_GPU(T, int32);         \
+  REGISTER_GPU(T, int64_t);
+
+TF_CALL_float(REGISTER_GPU_ALL_INDEX);
+TF_CALL_half(REGISTER_GPU_ALL_INDEX);
+TF_CALL_bfloat16(REGISTER_GPU_ALL_INDEX);
+
+#undef REGISTER_GPU_ALL_INDEX
+#undef REGISTER_GPU
+
+}  // namespace multihash
+}  // namespace tensorflow
+
+#endif  // GOOGLE_CUDA

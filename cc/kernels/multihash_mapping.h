@@ -1,0 +1,201 @@
+// The id -> (table, shard, row) arithmetic and the combine step of a
+// multi-hash lookup. This header is the single source of truth for both:
+// the CPU kernels, the CUDA kernels and the standalone CUDA test include it.
+// It includes no TensorFlow or CUDA header.
+#ifndef TENSORFLOW_MULTIHASH_CC_KERNELS_MULTIHASH_MAPPING_H_
+#define TENSORFLOW_MULTIHASH_CC_KERNELS_MULTIHASH_MAPPING_H_
+
+#include <cstdint>
+#include <string>
+
+#if defined(__CUDACC__)
+#define TFMH_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define TFMH_HOST_DEVICE inline
+#endif
+
+namespace tfmh {
+
+// Fixed upper bounds keep Layout a plain struct that can be passed by value
+// to a CUDA kernel (well under the 4 KiB parameter limit).
+constexpr int kMaxTables = 8;
+constexpr int kMaxShards = 64;  // all shards of all tables together
+
+enum class Combine : int32_t { kAdd = 0, kMul = 1, kConcat = 2 };
+
+// Complementary strategies. Every strategy maps table j's row as
+//   row_j(id) = (id / divisor[j]) % rows[j]
+// and differs only in its divisors:
+//   kQR, kGeneralizedQR: divisor[j] = prod(rows[j+1:]) (mixed radix; for k = 2
+//                        this is q = id / rows_R, r = id % rows_R);
+//   kCRT:                divisor[j] = 1 (rows pairwise coprime).
+enum class Strategy : int32_t { kQR = 0, kGeneralizedQR = 1, kCRT = 2 };
+
+// Everything a kernel needs to know about the small tables, by value.
+struct Layout {
+  int32_t num_tables = 0;
+  Combine combine = Combine::kAdd;
+  int32_t out_width = 0;   // width of one output row
+  int64_t capacity = 0;    // ids must lie in [0, capacity)
+  int64_t rows[kMaxTables] = {};     // logical rows of each table
+  int64_t divisor[kMaxTables] = {};  // see Strategy
+  int32_t width[kMaxTables] = {};    // columns of each table
+  int32_t col_offset[kMaxTables] = {};  // output column of table j (concat)
+  // Shards of table j are [shard_begin[j], shard_begin[j + 1]) in the flat
+  // shard list; shard s holds the table rows starting at shard_row[s], and
+  // shard_row[shard_begin[j + 1]] ... is not used: the last shard of a table
+  // ends at rows[j].
+  int32_t shard_begin[kMaxTables + 1] = {};
+  int64_t shard_row[kMaxShards] = {};
+};
+
+// True if `id` may be looked up. Written so that any integer type works.
+template <typename Index>
+TFMH_HOST_DEVICE bool IdInRange(const Layout& l, Index id) {
+  return id >= 0 && static_cast<int64_t>(id) < l.capacity;
+}
+
+// Logical row of table j for an in-range id.
+TFMH_HOST_DEVICE int64_t TableRow(const Layout& l, int j, int64_t id) {
+  return (id / l.divisor[j]) % l.rows[j];
+}
+
+// The shard of table j that holds logical row `row` (shards are contiguous
+// row blocks in order). Binary search; tables have few shards.
+TFMH_HOST_DEVICE int ShardOf(const Layout& l, int j, int64_t row) {
+  int lo = l.shard_begin[j];
+  int hi = l.shard_begin[j + 1] - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (l.shard_row[mid] <= row) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Row count of shard s, the last shard of table j ending at rows[j].
+TFMH_HOST_DEVICE int64_t ShardRows(const Layout& l, int j, int s) {
+  const int64_t end =
+      (s + 1 < l.shard_begin[j + 1]) ? l.shard_row[s + 1] : l.rows[j];
+  return end - l.shard_row[s];
+}
+
+// Where an id's row of table j lives: shard index and row within the shard.
+struct RowRef {
+  int32_t shard;
+  int64_t local_row;
+};
+
+TFMH_HOST_DEVICE RowRef Locate(const Layout& l, int j, int64_t id) {
+  const int64_t row = TableRow(l, j, id);
+  const int s = ShardOf(l, j, row);
+  return RowRef{s, row - l.shard_row[s]};
+}
+
+// The combine step, one element at a time. For add and mul the output
+// element c is Combine(row_0[c], ..., row_{k-1}[c]); for concat table j's
+// element c goes to output column col_offset[j] + c unchanged.
+template <typename Acc>
+TFMH_HOST_DEVICE Acc CombineIdentity(Combine op) {
+  return op == Combine::kMul ? Acc(1) : Acc(0);
+}
+
+template <typename Acc>
+TFMH_HOST_DEVICE Acc CombineStep(Combine op, Acc acc, Acc x) {
+  return op == Combine::kMul ? acc * x : acc + x;
+}
+
+// Gradient of the combined element with respect to table j's element:
+// 1 for add and concat, the product of the other tables' elements for mul
+// (computed directly, never by division, so zeros are exact).
+template <typename Acc, typename Load>
+TFMH_HOST_DEVICE Acc CombinePartial(Combine op, int num_tables, int j,
+                                    Load load_element) {
+  if (op != Combine::kMul) return Acc(1);
+  Acc p = Acc(1);
+  for (int i = 0; i < num_tables; ++i) {
+    if (i != j) p *= load_element(i);
+  }
+  return p;
+}
+
+
+// Host only: fills `l` from the per-table sizes and the row count of every
+// shard (flat, table by table). Returns "" on success, else a message naming
+// the bad field and value. The one place divisors and capacity are computed.
+inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
+                              const int64_t* rows, const int32_t* widths,
+                              const int32_t* shards_per_table,
+                              const int64_t* shard_rows, Layout* l) {
+  auto num = [](int64_t v) { return std::to_string(v); };
+  if (num_tables < 2 || num_tables > kMaxTables) {
+    return "the number of tables must be in [2, " + num(kMaxTables) +
+           "], got " + num(num_tables);
+  }
+  if (strategy == Strategy::kQR && num_tables != 2) {
+    return "the Q-R strategy needs exactly 2 tables, got " + num(num_tables);
+  }
+  *l = Layout();
+  l->num_tables = num_tables;
+  l->combine = op;
+  int total_shards = 0;
+  for (int j = 0; j < num_tables; ++j) {
+    if (rows[j] <= 0) {
+      return "table " + num(j) + " must have a positive row count, got " +
+             num(rows[j]);
+    }
+    if (widths[j] <= 0) {
+      return "table " + num(j) + " must have a positive width, got " +
+             num(widths[j]);
+    }
+    if (op != Combine::kConcat && widths[j] != widths[0]) {
+      return "add and mul need equal table widths, got " + num(widths[0]) +
+             " for table 0 and " + num(widths[j]) + " for table " + num(j);
+    }
+    if (shards_per_table[j] <= 0) {
+      return "table " + num(j) + " must have at least one shard, got " +
+             num(shards_per_table[j]);
+    }
+    if (total_shards + shards_per_table[j] > kMaxShards) {
+      return "at most " + num(kMaxShards) + " shards in all are supported";
+    }
+    l->rows[j] = rows[j];
+    l->width[j] = widths[j];
+    l->shard_begin[j] = total_shards;
+    int64_t start = 0;
+    for (int s = total_shards; s < total_shards + shards_per_table[j]; ++s) {
+      if (shard_rows[s] < 0) {
+        return "shard " + num(s - total_shards) + " of table " + num(j) +
+               " has a negative row count " + num(shard_rows[s]);
+      }
+      l->shard_row[s] = start;
+      start += shard_rows[s];
+    }
+    if (start != rows[j]) {
+      return "the shards of table " + num(j) + " hold " + num(start) +
+             " rows in all, but the table has " + num(rows[j]) + " rows";
+    }
+    total_shards += shards_per_table[j];
+    l->col_offset[j] = op == Combine::kConcat ? l->out_width : 0;
+    l->out_width = op == Combine::kConcat ? l->out_width + widths[j] : widths[0];
+  }
+  l->shard_begin[num_tables] = total_shards;
+  // capacity = prod(rows); mixed-radix divisors are suffix products.
+  int64_t capacity = 1;
+  for (int j = num_tables - 1; j >= 0; --j) {
+    l->divisor[j] = strategy == Strategy::kCRT ? 1 : capacity;
+    if (capacity > INT64_MAX / rows[j]) {
+      return "the product of the table row counts overflows int64";
+    }
+    capacity *= rows[j];
+  }
+  l->capacity = capacity;
+  return "";
+}
+
+}  // namespace tfmh
+
+#endif  // TENSORFLOW_MULTIHASH_CC_KERNELS_MULTIHASH_MAPPING_H_

@@ -1,0 +1,181 @@
+// Op registrations of the multi-hash lookup and its gradient.
+//
+// Both ops are generic over the number of small tables (k >= 2) and over how
+// each table is stored: every table is one or more row shards (contiguous row
+// blocks, the layout TensorFlow's partitioners make), and every shard is
+// either a tensor (a reference variable arrives as one, without a copy) or a
+// resource handle that the kernel reads in place.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tensorflow {
+namespace {
+
+using shape_inference::DimensionHandle;
+using shape_inference::InferenceContext;
+using shape_inference::ShapeHandle;
+
+// Attributes shared by both ops, read and checked once for shape inference.
+struct MultiHashAttrs {
+  std::string operation;
+  std::vector<int64_t> table_rows;
+  std::vector<int64_t> table_widths;
+  std::vector<int64_t> num_shards;
+  std::vector<DataType> table_types;
+  int64_t out_width = 0;
+  int64_t total_shards = 0;
+};
+
+absl::Status ReadAttrs(InferenceContext* c, MultiHashAttrs* a) {
+  TF_RETURN_IF_ERROR(c->GetAttr("operation", &a->operation));
+  TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &a->table_rows));
+  TF_RETURN_IF_ERROR(c->GetAttr("table_widths", &a->table_widths));
+  TF_RETURN_IF_ERROR(c->GetAttr("num_shards", &a->num_shards));
+  const size_t k = a->table_rows.size();
+  if (a->table_widths.size() != k || a->num_shards.size() != k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "table_rows, table_widths and num_shards must have one entry per "
+        "table, got ",
+        k, ", ", a->table_widths.size(), " and ", a->num_shards.size()));
+  }
+  for (size_t j = 0; j < k; ++j) {
+    if (a->table_widths[j] <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "table_widths[", j, "] must be positive, got ", a->table_widths[j]));
+    }
+    if (a->num_shards[j] <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "num_shards[", j, "] must be positive, got ", a->num_shards[j]));
+    }
+    a->total_shards += a->num_shards[j];
+    if (a->operation == "concat") {
+      a->out_width += a->table_widths[j];
+    } else if (a->table_widths[j] != a->table_widths[0]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "operation '", a->operation, "' needs equal table widths, got ",
+          a->table_widths[0], " for table 0 and ", a->table_widths[j],
+          " for table ", j));
+    } else {
+      a->out_width = a->table_widths[0];
+    }
+  }
+  TF_RETURN_IF_ERROR(c->GetAttr("Ttables", &a->table_types));
+  if (static_cast<int64_t>(a->table_types.size()) != a->total_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_shards adds up to ", a->total_shards, " shards, but ",
+        a->table_types.size(), " tables were given"));
+  }
+  return absl::OkStatus();
+}
+
+// Each tensor shard must be a matrix of its table's width; resource shards
+// are checked by the kernel, which sees the variable.
+absl::Status CheckShardShapes(InferenceContext* c, const MultiHashAttrs& a,
+                              int first_input) {
+  int input = first_input;
+  for (size_t j = 0; j < a.num_shards.size(); ++j) {
+    for (int64_t s = 0; s < a.num_shards[j]; ++s, ++input) {
+      if (a.table_types[input - first_input] == DT_RESOURCE) continue;
+      ShapeHandle shard;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 2, &shard));
+      DimensionHandle width;
+      TF_RETURN_IF_ERROR(
+          c->WithValue(c->Dim(shard, 1), a.table_widths[j], &width));
+    }
+  }
+  return absl::OkStatus();
+}
+
+constexpr char kCommonAttrs[] = R"doc(
+tables: every row shard of every small table, table 0's shards first. A shard
+  is a [rows, width] tensor or a resource handle of such a variable.
+ids: ids in [0, prod(table_rows)), any shape.
+operation: how the k rows of an id are combined: "add", "mul" or "concat".
+complementary_strategy: how an id picks its rows; "Q-R" (k = 2): table 0 uses
+  id // table_rows[1], table 1 uses id % table_rows[1].
+table_rows: logical rows of each table (the sum of its shards' rows).
+table_widths: columns of each table.
+num_shards: how many consecutive entries of `tables` belong to each table.
+)doc";
+
+}  // namespace
+
+REGISTER_OP("MultiHashLookup")
+    .Input("tables: Ttables")
+    .Input("ids: Tidx")
+    .Output("output: T")
+    .Attr("Ttables: list(type) >= 2")
+    .Attr("T: {float, double, half, bfloat16}")
+    .Attr("Tidx: {int32, int64}")
+    .Attr("operation: {'add', 'mul', 'concat'}")
+    .Attr("complementary_strategy: {'Q-R'} = 'Q-R'")
+    .Attr("table_rows: list(int) >= 2")
+    .Attr("table_widths: list(int) >= 2")
+    .Attr("num_shards: list(int) >= 2")
+    .SetShapeFn([](InferenceContext* c) {
+      MultiHashAttrs a;
+      TF_RETURN_IF_ERROR(ReadAttrs(c, &a));
+      TF_RETURN_IF_ERROR(CheckShardShapes(c, a, 0));
+      ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Concatenate(c->input(c->num_inputs() - 1),
+                                        c->Vector(a.out_width), &out));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    })
+    .Doc(absl::StrCat(R"doc(
+Looks up ids in a multi-hash embedding table: output[..., :] is the
+combination of one row of each small table, chosen by the complementary
+strategy. An id outside [0, capacity) is an InvalidArgumentError.
+
+output: ids.shape + [width] (width of one table for add and mul, the sum of
+  the widths for concat).
+)doc",
+                      kCommonAttrs));
+
+REGISTER_OP("MultiHashLookupGrad")
+    .Input("grad: T")
+    .Input("tables: Ttables")
+    .Input("ids: Tidx")
+    .Output("indices: N * Tidx")
+    .Output("values: N * T")
+    .Attr("N: int >= 2")
+    .Attr("Ttables: list(type) >= 2")
+    .Attr("T: {float, double, half, bfloat16}")
+    .Attr("Tidx: {int32, int64}")
+    .Attr("operation: {'add', 'mul', 'concat'}")
+    .Attr("complementary_strategy: {'Q-R'} = 'Q-R'")
+    .Attr("table_rows: list(int) >= 2")
+    .Attr("table_widths: list(int) >= 2")
+    .Attr("num_shards: list(int) >= 2")
+    .SetShapeFn([](InferenceContext* c) {
+      MultiHashAttrs a;
+      TF_RETURN_IF_ERROR(ReadAttrs(c, &a));
+      TF_RETURN_IF_ERROR(CheckShardShapes(c, a, 1));
+      ShapeHandle grad;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &grad));
+      DimensionHandle width;
+      TF_RETURN_IF_ERROR(
+          c->WithValue(c->Dim(grad, -1), a.out_width, &width));
+      int out = 0;
+      for (size_t j = 0; j < a.num_shards.size(); ++j) {
+        for (int64_t s = 0; s < a.num_shards[j]; ++s, ++out) {
+          c->set_output(out, c->Vector(InferenceContext::kUnknownDim));
+          c->set_output(static_cast<int>(a.total_shards) + out,
+                        c->Matrix(InferenceContext::kUnknownDim,
+                                  a.table_widths[j]));
+        }
+      }
+      return absl::OkStatus();
+    })
+    .Doc(absl::StrCat(R"doc(
+Gradient of MultiHashLookup with respect to every shard, as sparse rows: for
+shard s, indices[s] are the distinct shard-local rows that the ids touch, in
+ascending order, and values[s] the summed gradient of each of those rows.
+
+grad: the gradient of MultiHashLookup's output.
+N: the number of shards (the length of `tables`).
+)doc",
+                      kCommonAttrs));
+
+}  // namespace tensorflow
