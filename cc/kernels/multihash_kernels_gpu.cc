@@ -155,6 +155,11 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     // outputs, so they come back to the host before phase 2.
     const size_t ws_bytes =
         tfmh::gpu::LookupGradWorkspaceBytes(l, id_type, n);
+    OP_REQUIRES(ctx, ws_bytes > 0,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "the GPU gradient supports at most 2^32 - 1 ids and "
+                    "k * ids <= 2^31 - 1, got ",
+                    n, " ids and ", l.num_tables, " tables")));
     Tensor workspace, counts;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(
                             DT_INT8,
