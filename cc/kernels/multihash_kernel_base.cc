@@ -120,6 +120,26 @@ absl::Status MultiHashKernelBase::ResolveTables(
   return absl::OkStatus();
 }
 
+absl::Status MultiHashKernelBase::CheckGradInputs(OpKernelContext* ctx,
+                                                  const tfmh::Layout& l,
+                                                  const Tensor& grad,
+                                                  const Tensor& ids) const {
+  TensorShape expected = ids.shape();
+  expected.AddDim(l.out_width);
+  if (grad.shape() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "grad must have shape ", expected.DebugString(), " (ids.shape + [",
+        l.out_width, "]), got ", grad.shape().DebugString()));
+  }
+  const int num_shards = l.shard_begin[l.num_tables];
+  if (ctx->num_outputs() != 2 * num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "N must equal the number of shards, ", num_shards, ", got ",
+        ctx->num_outputs() / 2));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MultiHashKernelBase::OutOfRangeError(const tfmh::Layout& layout,
                                                   int64_t position,
                                                   int64_t id) const {

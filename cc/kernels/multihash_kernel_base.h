@@ -70,6 +70,11 @@ class MultiHashKernelBase : public OpKernel {
     return absl::OkStatus();
   }
 
+  // The gradient op's grad must be ids.shape + [out_width], and it must have
+  // one (indices, values) output pair per shard.
+  absl::Status CheckGradInputs(OpKernelContext* ctx, const tfmh::Layout& l,
+                               const Tensor& grad, const Tensor& ids) const;
+
   absl::Status OutOfRangeError(const tfmh::Layout& layout, int64_t position,
                                int64_t id) const;
 

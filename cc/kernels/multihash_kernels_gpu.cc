@@ -136,17 +136,8 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     const tfmh::Layout& l = tables.layout();
     const Tensor& grad = ctx->input(0);
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
-    TensorShape expected = ids.shape();
-    expected.AddDim(l.out_width);
-    OP_REQUIRES(ctx, grad.shape() == expected,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad must have shape ", expected.DebugString(),
-                    " (ids.shape + [", l.out_width, "]), got ",
-                    grad.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, l, grad, ids));
     const int num_shards = l.shard_begin[l.num_tables];
-    OP_REQUIRES(ctx, ctx->num_outputs() == 2 * num_shards,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "N must equal the number of shards, ", num_shards)));
     const int64_t n = ids.NumElements();
     const tfmh::gpu::IdType id_type = GpuIdType<Index>();
     void* stream = CudaStreamOf(ctx);

@@ -1,0 +1,1124 @@
+// CUDA kernels of the multi-hash embedding lookup and its gradient.
+// Implements gpu_kernels/multihash_gpu.h; all id -> (table, shard, row)
+// arithmetic and the combine step come from cc/kernels/multihash_mapping.h.
+//
+// Forward: warps grid-stride over tiles of 32 ids. Lane L loads id L of the
+// tile (coalesced, prefetched a tile ahead) and computes its k row
+// addresses; then one sub-warp "group" of G lanes (G = vectors per output
+// row, rounded up to a power of two, at most 32) per id takes the addresses
+// by shuffle, and every lane moves 16/8/4/2-byte vectors of the k rows,
+// combines them in float and writes one vector of the output row, several
+// ids per batch so that many row loads are in flight.
+//
+// Backward, phase 1 (Prepare): keys = table key offset + table row for every
+// (table, id) pair, values = positions; one radix sort over the key bits in
+// use (stable: positions of a key stay ascending, so sums are deterministic);
+// head flags + inclusive scan give a 1-based run (= unique row) id per sorted
+// item; a one-block kernel binary-searches the shard boundaries to get every
+// shard's first run and count; the counts are copied to the host.
+// Phase 2 (Finish): the sorted items are cut into fixed chunks of C items;
+// one group per (chunk, column tile) walks its chunk, summing gradient
+// vectors (times the other tables' elements for mul) of each run segment in
+// float. Runs that lie inside one chunk are written directly; a run crossing
+// chunk borders leaves one float partial per chunk, and a fix-up kernel (one
+// group per run owner) adds them in chunk order. Everything is deterministic.
+#include "gpu_kernels/multihash_gpu.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+
+#include <cub/cub.cuh>
+
+namespace tfmh {
+namespace gpu {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kBatch = 4;  // gradient rows in flight per lane (phase 2)
+
+// ------------------------------------------------------------ element types
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  using Bits = uint32_t;
+  static __device__ __forceinline__ float ToF(Bits b) {
+    return __uint_as_float(b);
+  }
+  static __device__ __forceinline__ Bits FromF(float f) {
+    return __float_as_uint(f);
+  }
+};
+template <>
+struct Elem<__half> {
+  using Bits = uint16_t;
+  static __device__ __forceinline__ float ToF(Bits b) {
+    return __half2float(__ushort_as_half(b));
+  }
+  static __device__ __forceinline__ Bits FromF(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+  }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  using Bits = uint16_t;
+  static __device__ __forceinline__ float ToF(Bits b) {
+    return __bfloat162float(__ushort_as_bfloat16(b));
+  }
+  static __device__ __forceinline__ Bits FromF(float f) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  }
+};
+
+// A V-byte vector of T elements, moved as one load/store.
+template <int V>
+struct Word;
+template <>
+struct Word<16> {
+  using type = uint4;
+};
+template <>
+struct Word<8> {
+  using type = uint2;
+};
+template <>
+struct Word<4> {
+  using type = unsigned int;
+};
+template <>
+struct Word<2> {
+  using type = unsigned short;
+};
+
+template <typename T, int V>
+struct Pack {
+  static constexpr int N = V / static_cast<int>(sizeof(T));
+  static_assert(N >= 1, "vector smaller than one element");
+  typename Elem<T>::Bits e[N];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> LoadPack(const char* p) {
+  using W = typename Word<V>::type;
+  const W w = __ldg(reinterpret_cast<const W*>(p));
+  Pack<T, V> r;
+  memcpy(&r, &w, V);
+  return r;
+}
+
+// Streaming store (output rows are written once; keeps the tables in L2).
+template <typename T, int V>
+__device__ __forceinline__ void StorePack(char* p, const Pack<T, V>& v) {
+  using W = typename Word<V>::type;
+  W w;
+  memcpy(&w, &v, V);
+  __stcs(reinterpret_cast<W*>(p), w);
+}
+
+// N floats (N = 1, 2, 4 or 8), 4*N-byte aligned.
+template <int N>
+__device__ __forceinline__ void LoadFloats(const float* p, float (&a)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int e = 0; e < N; e += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(p + e);
+      a[e] = v.x;
+      a[e + 1] = v.y;
+      a[e + 2] = v.z;
+      a[e + 3] = v.w;
+    }
+  } else if constexpr (N == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    a[0] = v.x;
+    a[1] = v.y;
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) a[e] = p[e];
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void StoreFloats(float* p, const float (&a)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int e = 0; e < N; e += 4) {
+      *reinterpret_cast<float4*>(p + e) =
+          make_float4(a[e], a[e + 1], a[e + 2], a[e + 3]);
+    }
+  } else if constexpr (N == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(a[0], a[1]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) p[e] = a[e];
+  }
+}
+
+// ------------------------------------------------------------ lane groups
+struct Group {
+  int size;      // power of two, 1..32
+  int lane;      // lane within the group
+  unsigned mask; // the group's lanes within the warp
+};
+
+__device__ __forceinline__ Group MakeGroup(int log2_size) {
+  Group g;
+  g.size = 1 << log2_size;
+  const int warp_lane = threadIdx.x & 31;
+  g.lane = warp_lane & (g.size - 1);
+  g.mask = g.size == 32
+               ? 0xffffffffu
+               : (((1u << g.size) - 1u) << (warp_lane & ~(g.size - 1)));
+  return g;
+}
+
+// Byte address of table j's row of an in-range id.
+template <typename T>
+__device__ __forceinline__ unsigned long long RowAddr(const Layout& l,
+                                                      const ShardPointers& sp,
+                                                      int j, int64_t id) {
+  const RowRef r = Locate(l, j, id);
+  return reinterpret_cast<unsigned long long>(sp.data[r.shard]) +
+         static_cast<unsigned long long>(r.local_row) *
+             (static_cast<unsigned long long>(l.width[j]) * sizeof(T));
+}
+
+// addr[j] = RowAddr(j, id) for j < num_tables on every lane of the group.
+// Lane t computes table (batch + t); all lanes of the group must call this.
+template <typename T, int KMAX>
+__device__ __forceinline__ void GatherRowAddrs(
+    const Layout& l, const ShardPointers& sp, int64_t id, const Group& g,
+    unsigned long long (&addr)[KMAX]) {
+  const int k = l.num_tables;
+  unsigned long long mine = 0;
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) {
+    if (j < k) {
+      const int src = j & (g.size - 1);
+      if (src == 0) {
+        const int jj = j + g.lane;
+        mine = jj < k ? RowAddr<T>(l, sp, jj, id) : 0ull;
+      }
+      addr[j] = __shfl_sync(g.mask, mine, src, g.size);
+    }
+  }
+}
+
+// ------------------------------------------------------------ forward
+// Id i as int64 (ids are int32 or int64; a uniform branch).
+__device__ __forceinline__ int64_t IdAt(const void* ids, bool ids64,
+                                        int64_t i) {
+  return ids64 ? __ldg(static_cast<const long long*>(ids) + i)
+               : static_cast<int64_t>(__ldg(static_cast<const int*>(ids) + i));
+}
+
+// Forward. A warp takes a tile of 32 consecutive ids: lane L loads id
+// base + L (one coalesced load, prefetched one tile ahead) and computes the
+// k row addresses of that id alone, so the id -> row arithmetic runs once per
+// id on one lane (not once per id on every lane of a group). The warp then
+// walks the tile in G steps of 32/G ids, one id per group of G lanes (G =
+// vectors per output row rounded up to a power of two, at most 32); a group
+// takes its id's addresses from the owning lane with shuffles. U steps form
+// a batch whose row loads are all issued before any combine or store, so
+// U * k independent row loads per lane are in flight.
+// KMAX: an upper bound of num_tables (2 or kMaxTables); a smaller bound keeps
+// the per-lane addresses and row vectors in fewer registers.
+template <typename T, int V, int KMAX, int U>
+__global__ void __launch_bounds__(kBlock)
+    LookupKernel(const __grid_constant__ Layout l,
+                 const __grid_constant__ ShardPointers sp,
+                 const void* __restrict__ ids, int ids64, int64_t n,
+                 char* __restrict__ out, int64_t* __restrict__ first_bad,
+                 int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  constexpr unsigned kFull = 0xffffffffu;
+  const int G = 1 << log2_group;
+  const int lane = threadIdx.x & 31;
+  const int glane = lane & (G - 1);
+  const int gid = lane >> log2_group;      // group within the warp
+  const int per_step = 32 >> log2_group;  // ids per step (one per group)
+  // Every warp owns the tiles [base, base + 32), base = its first thread's
+  // global index + multiples of the grid's thread count (warp-uniform).
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  const int64_t warp_base =
+      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  const int nv_out = l.out_width / N;
+  const int64_t row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+
+  int64_t next_id =
+      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
+  for (int64_t base = warp_base; base < n; base += stride) {
+    const int64_t i = base + lane;
+    const int64_t id = next_id;
+    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+    const bool ok = i < n && IdInRange(l, id);
+    unsigned long long mine[KMAX];
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
+    if (ok) {
+#pragma unroll
+      for (int j = 0; j < KMAX; ++j) {
+        if (j < k) mine[j] = RowAddr<T>(l, sp, j, id);
+      }
+    } else if (i < n && first_bad != nullptr) {
+      atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
+                static_cast<unsigned long long>(i));
+    }
+    const unsigned ok_mask = __ballot_sync(kFull, ok);
+    const int cnt = static_cast<int>(min(int64_t{32}, n - base));
+
+    for (int s0 = 0; s0 < G; s0 += U) {
+      unsigned long long a[U][KMAX];
+      int q[U];         // tile slot of the id of step s0 + u
+      bool valid[U];    // the slot holds an id (< n)
+      bool good[U];     // ... and that id is in range
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= G
+        q[u] = slot & 31;
+        valid[u] = slot < cnt;
+        good[u] = valid[u] && ((ok_mask >> q[u]) & 1u) != 0;
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          a[u][j] = 0ull;
+          if (j < k) a[u][j] = __shfl_sync(kFull, mine[j], q[u]);
+        }
+      }
+      if (op != Combine::kConcat) {
+        for (int v = glane; v < nv_out; v += G) {
+          const int64_t off = static_cast<int64_t>(v) * V;
+          P x[U][KMAX];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+#pragma unroll
+            for (int j = 0; j < KMAX; ++j) {
+              if (good[u] && j < k) {
+                x[u][j] = LoadPack<T, V>(
+                    reinterpret_cast<const char*>(a[u][j]) + off);
+              }
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (!valid[u]) continue;
+            P o;
+#pragma unroll
+            for (int e = 0; e < N; ++e) o.e[e] = 0;
+            if (good[u]) {
+#pragma unroll
+              for (int e = 0; e < N; ++e) {
+                float acc = CombineIdentity<float>(op);
+#pragma unroll
+                for (int j = 0; j < KMAX; ++j) {
+                  if (j < k) {
+                    acc = CombineStep<float>(op, acc, Elem<T>::ToF(x[u][j].e[e]));
+                  }
+                }
+                o.e[e] = Elem<T>::FromF(acc);
+              }
+            }
+            StorePack<T, V>(out + (base + q[u]) * row_bytes + off, o);
+          }
+        }
+      } else {
+        // Output vector v comes from the last table whose columns start at
+        // or before it (col_offset is increasing, every width is a multiple
+        // of N).
+        for (int v = glane; v < nv_out; v += G) {
+          const int64_t off = static_cast<int64_t>(v) * V;
+          P x[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (good[u]) {
+              unsigned long long src = a[u][0] + static_cast<unsigned long long>(off);
+#pragma unroll
+              for (int j = 1; j < KMAX; ++j) {
+                const int c0 = l.col_offset[j] / N;
+                if (j < k && v >= c0) {
+                  src = a[u][j] + static_cast<unsigned long long>(v - c0) * V;
+                }
+              }
+              x[u] = LoadPack<T, V>(reinterpret_cast<const char*>(src));
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (!valid[u]) continue;
+            if (!good[u]) {
+#pragma unroll
+              for (int e = 0; e < N; ++e) x[u].e[e] = 0;
+            }
+            StorePack<T, V>(out + (base + q[u]) * row_bytes + off, x[u]);
+          }
+        }
+      }
+    }
+  }
+}
+
+__global__ void InitFirstBadKernel(int64_t* first_bad) {
+  *first_bad = INT64_MAX;
+}
+
+// ------------------------------------------------------------ backward
+// Per-shard output pointers, by value.
+struct ShardOutputs {
+  void* indices[kMaxShards];
+  void* values[kMaxShards];
+};
+
+struct KeyOffsets {
+  // key_off[j] = rows[0] + ... + rows[j - 1]; key_off[num_tables] = R, the
+  // sentinel key of out-of-range ids (sorts last, never summed).
+  unsigned long long off[kMaxTables + 1];
+};
+
+struct BoundTargets {
+  unsigned long long key[kMaxShards + 1];  // first key of shard s; [S] = R
+};
+
+// Everything phase 2 needs besides the layout and the pointers.
+struct GradArgs {
+  const void* ids;
+  int ids64;
+  const char* grad;
+  int64_t n;
+  int64_t m;           // num_tables * n sorted items
+  int64_t chunk;       // C
+  int64_t chunks;
+  int64_t tiles;       // column tiles of G vectors
+  const void* keys;    // sorted keys, uint32 or uint64
+  int key64;
+  const uint32_t* pos;     // sorted positions
+  const uint32_t* run_id;  // 1-based run of every sorted item
+  const int64_t* bounds;   // first run of every shard; [S] = valid runs
+  float* partials;         // 2 slots of wstride floats per chunk
+  int64_t wstride;
+  KeyOffsets ko;
+};
+
+__device__ __forceinline__ unsigned long long KeyAt(const void* keys,
+                                                    bool key64, int64_t i) {
+  return key64 ? static_cast<const unsigned long long*>(keys)[i]
+               : static_cast<unsigned long long>(
+                     static_cast<const uint32_t*>(keys)[i]);
+}
+
+// Table, shard and shard-local row of a (non-sentinel) key.
+struct RunRef {
+  int table;
+  int shard;
+  int64_t local_row;
+};
+
+__device__ __forceinline__ RunRef DecodeKey(const Layout& l,
+                                            const KeyOffsets& ko,
+                                            unsigned long long key) {
+  int j = 0;
+#pragma unroll
+  for (int jj = 1; jj < kMaxTables; ++jj) {
+    if (jj < l.num_tables && key >= ko.off[jj]) j = jj;
+  }
+  const int64_t row = static_cast<int64_t>(key - ko.off[j]);
+  const int s = ShardOf(l, j, row);
+  return RunRef{j, s, row - l.shard_row[s]};
+}
+
+template <typename Index, typename Key>
+__global__ void __launch_bounds__(kBlock)
+    BuildKeysKernel(const __grid_constant__ Layout l,
+                    const __grid_constant__ KeyOffsets ko,
+                    const Index* __restrict__ ids, int64_t n,
+                    Key* __restrict__ keys, uint32_t* __restrict__ pos) {
+  const int k = l.num_tables;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+       i < n; i += stride) {
+    const Index raw = ids[i];
+    const bool ok = IdInRange(l, raw);
+    for (int j = 0; j < k; ++j) {
+      const unsigned long long key =
+          ok ? ko.off[j] + static_cast<unsigned long long>(
+                               TableRow(l, j, static_cast<int64_t>(raw)))
+             : ko.off[k];
+      keys[j * n + i] = static_cast<Key>(key);
+      pos[j * n + i] = static_cast<uint32_t>(i);
+    }
+  }
+}
+
+template <typename Key>
+__global__ void __launch_bounds__(kBlock)
+    HeadFlagsKernel(const Key* __restrict__ keys, int64_t m,
+                    uint32_t* __restrict__ flags) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+       i < m; i += stride) {
+    flags[i] = (i == 0 || keys[i] != keys[i - 1]) ? 1u : 0u;
+  }
+}
+
+// One block: first run of every shard (binary search for its first key),
+// the number of valid runs, and the per-shard counts.
+template <typename Key>
+__global__ void ShardBoundsKernel(const __grid_constant__ BoundTargets targets,
+                                  int num_shards,
+                                  const Key* __restrict__ keys, int64_t m,
+                                  const uint32_t* __restrict__ run_id,
+                                  int64_t* __restrict__ bounds,
+                                  int64_t* __restrict__ counts) {
+  const int b = threadIdx.x;
+  if (b <= num_shards) {
+    const unsigned long long target = targets.key[b];
+    int64_t lo = 0, hi = m;  // first index with key >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<unsigned long long>(keys[mid]) < target) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    bounds[b] = lo == m ? static_cast<int64_t>(run_id[m - 1])
+                        : static_cast<int64_t>(run_id[lo]) - 1;
+  }
+  __syncthreads();
+  if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
+}
+
+// One group per (chunk, column tile). See the file comment. KMUL = 0 for add
+// and concat; for mul, an upper bound of num_tables (2 or kMaxTables).
+template <typename T, int V, int KMUL>
+__global__ void __launch_bounds__(kBlock)
+    GradReduceKernel(const __grid_constant__ Layout l,
+                     const __grid_constant__ ShardPointers sp,
+                     const __grid_constant__ ShardOutputs so,
+                     const __grid_constant__ GradArgs a, int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  const Group g = MakeGroup(log2_group);
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
+  const int64_t first =
+      (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  constexpr bool kMul = KMUL > 0;
+  // Items per batch; mul holds k - 1 more row vectors and k addresses per item.
+  constexpr int kB = kMul ? (KMUL <= 2 ? kBatch : 2) : kBatch;
+  const int num_shards = l.shard_begin[k];
+  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
+  const int64_t grad_row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+  const uint32_t* __restrict__ run_id = a.run_id;
+  const uint32_t* __restrict__ pos = a.pos;
+
+  for (int64_t w = first; w < a.chunks * a.tiles; w += groups) {
+    const int64_t c = w / a.tiles;
+    const int t = static_cast<int>(w - c * a.tiles);
+    const int64_t base = c * a.chunk;
+    const int64_t end = min(base + a.chunk, a.m);
+    const int v = t * g.size + g.lane;  // vector index within a table row
+    uint32_t r = run_id[base];
+    if (r > valid_runs) continue;  // only out-of-range ids from here on
+    const bool head_before = base > 0 && run_id[base - 1] == r;
+    int64_t i = base;
+    while (true) {
+      const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, i));
+      const int j = rr.table;
+      const bool active = v < l.width[j] / N;
+      const int64_t col_bytes =
+          static_cast<int64_t>(l.col_offset[j]) * sizeof(T) +
+          static_cast<int64_t>(v) * V;
+      float acc[N];
+#pragma unroll
+      for (int e = 0; e < N; ++e) acc[e] = 0.f;
+      const int64_t seg_start = i;
+      while (i < end) {
+        uint32_t rid[kB], p[kB];
+#pragma unroll
+        for (int u = 0; u < kB; ++u) {
+          const bool in = i + u < end;
+          rid[u] = in ? run_id[i + u] : 0u;
+          p[u] = in ? pos[i + u] : 0u;
+        }
+        P gv[kB];
+#pragma unroll
+        for (int u = 0; u < kB; ++u) {
+          if (active && rid[u] == r) {
+            gv[u] = LoadPack<T, V>(a.grad + static_cast<int64_t>(p[u]) * grad_row_bytes +
+                                   col_bytes);
+          }
+        }
+        int taken = 0;
+        if constexpr (kMul) {
+          // d out / d table_j = product of the other tables' elements. The
+          // batch's random id loads are issued together, then its rows are
+          // located, then all its row loads are issued, so one batch costs
+          // about one id-load and one row-load latency, not kB of each.
+          int64_t idv[kB];
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+            idv[u] = rid[u] == r ? IdAt(a.ids, a.ids64, p[u]) : int64_t{0};
+          }
+          unsigned long long addr[kB][KMUL];
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+#pragma unroll
+            for (int q = 0; q < KMUL; ++q) addr[u][q] = 0ull;
+            // rid[u] is the same on every lane of the group (all lanes call).
+            if (rid[u] == r) GatherRowAddrs<T, KMUL>(l, sp, idv[u], g, addr[u]);
+          }
+          P x[kB][KMUL];
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+#pragma unroll
+            for (int q = 0; q < KMUL; ++q) {
+              if (active && rid[u] == r && q < k && q != j) {
+                x[u][q] = LoadPack<T, V>(reinterpret_cast<const char*>(addr[u][q]) +
+                                         static_cast<int64_t>(v) * V);
+              }
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+            if (rid[u] == r) {  // a prefix of the batch (run ids ascend)
+              ++taken;
+              if (active) {
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                  const float f = CombinePartial<float>(op, k, j, [&](int q) {
+                    float xv = 0.f;
+#pragma unroll
+                    for (int qq = 0; qq < KMUL; ++qq) {
+                      if (qq == q) xv = Elem<T>::ToF(x[u][qq].e[e]);
+                    }
+                    return xv;
+                  });
+                  acc[e] += Elem<T>::ToF(gv[u].e[e]) * f;
+                }
+              }
+            }
+          }
+        } else {
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+            if (rid[u] == r) {  // a prefix of the batch (run ids ascend)
+              ++taken;
+              if (active) {
+#pragma unroll
+                for (int e = 0; e < N; ++e) acc[e] += Elem<T>::ToF(gv[u].e[e]);
+              }
+            }
+          }
+        }
+        i += taken;
+        if (taken < kB) break;
+      }
+      // Flush the segment [seg_start, i) of run r.
+      const bool starts_before = seg_start == base && head_before;
+      const bool continues = i == end && end < a.m && run_id[end] == r;
+      const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
+      if (!starts_before && t == 0 && g.lane == 0) {
+        if (a.ids64) {
+          static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
+        } else {
+          static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
+              static_cast<int32_t>(rr.local_row);
+        }
+      }
+      if (active) {
+        if (!starts_before && !continues) {
+          P o;
+#pragma unroll
+          for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
+          char* dst = static_cast<char*>(so.values[rr.shard]) +
+                      out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
+                      static_cast<int64_t>(v) * V;
+          StorePack<T, V>(dst, o);
+        } else {
+          const int64_t slot = 2 * c + (starts_before ? 0 : 1);
+          StoreFloats<N>(a.partials + slot * a.wstride + static_cast<int64_t>(v) * N,
+                         acc);
+        }
+      }
+      if (i >= end) break;
+      r = run_id[i];
+      if (r > valid_runs) break;
+    }
+  }
+}
+
+// One group per (chunk, tile) whose last run starts in the chunk and goes
+// on past it: adds the chunk's tail partial and the following chunks' head
+// partials in order and writes the run's values.
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlock)
+    GradFixupKernel(const __grid_constant__ Layout l,
+                    const __grid_constant__ ShardOutputs so,
+                    const __grid_constant__ GradArgs a, int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  const Group g = MakeGroup(log2_group);
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
+  const int64_t first =
+      (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
+  const int num_shards = l.shard_begin[l.num_tables];
+  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
+  const uint32_t* __restrict__ run_id = a.run_id;
+
+  for (int64_t w = first; w < a.chunks * a.tiles; w += groups) {
+    const int64_t c = w / a.tiles;
+    const int t = static_cast<int>(w - c * a.tiles);
+    const int64_t base = c * a.chunk;
+    const int64_t end = min(base + a.chunk, a.m);
+    if (end >= a.m) continue;
+    const uint32_t r = run_id[end - 1];
+    if (r > valid_runs || run_id[end] != r) continue;
+    if (base > 0 && run_id[base - 1] == r) continue;  // not the run's owner
+    const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
+    const int j = rr.table;
+    const int v = t * g.size + g.lane;
+    if (v >= l.width[j] / N) continue;
+    const int64_t col = static_cast<int64_t>(v) * N;
+    float acc[N];
+    LoadFloats<N>(a.partials + (2 * c + 1) * a.wstride + col, acc);
+    for (int64_t c2 = c + 1;; ++c2) {
+      float h[N];
+      LoadFloats<N>(a.partials + (2 * c2) * a.wstride + col, h);
+#pragma unroll
+      for (int e = 0; e < N; ++e) acc[e] += h[e];
+      const int64_t e2 = min((c2 + 1) * a.chunk, a.m);
+      if (e2 >= a.m || run_id[e2] != r) break;
+    }
+    P o;
+#pragma unroll
+    for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
+    const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
+    char* dst = static_cast<char*>(so.values[rr.shard]) +
+                out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
+                static_cast<int64_t>(v) * V;
+    StorePack<T, V>(dst, o);
+  }
+}
+
+// ------------------------------------------------------------ host helpers
+size_t ElemSize(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+
+int NumSMs() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+          cudaSuccess ||
+      sms <= 0) {
+    cudaGetLastError();
+    sms = 108;
+  }
+  return sms;
+}
+
+int Log2Ceil(int64_t x) {
+  int r = 0;
+  while ((int64_t{1} << r) < x) ++r;
+  return r;
+}
+
+// log2 of the group size for rows of `vectors` vectors.
+int GroupLog2(int64_t vectors) { return std::min(5, Log2Ceil(std::max<int64_t>(vectors, 1))); }
+
+unsigned GridFor(int64_t groups, int log2_group) {
+  const int64_t per_block = kBlock >> log2_group;
+  const int64_t need = (groups + per_block - 1) / per_block;
+  const int64_t cap = static_cast<int64_t>(NumSMs()) * (2048 / kBlock);
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(need, cap)));
+}
+
+bool Aligned(const void* p, int v) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % v == 0;
+}
+
+// Largest vector size (16, 8, 4, 2 bytes; at least one element) that divides
+// every table row and every pointer in `ptrs`.
+int ChooseVector(const Layout& l, size_t esz, const void* const* ptrs,
+                 int num_ptrs) {
+  for (int v = 16; v > static_cast<int>(esz); v /= 2) {
+    bool ok = (static_cast<int64_t>(l.out_width) * esz) % v == 0;
+    for (int j = 0; ok && j < l.num_tables; ++j) {
+      ok = (static_cast<int64_t>(l.width[j]) * esz) % v == 0;
+    }
+    for (int q = 0; ok && q < num_ptrs; ++q) ok = Aligned(ptrs[q], v);
+    if (ok) return v;
+  }
+  return static_cast<int>(esz);
+}
+
+bool LayoutOk(const Layout& l) {
+  if (l.num_tables < 1 || l.num_tables > kMaxTables) return false;
+  const int S = l.shard_begin[l.num_tables];
+  if (S < l.num_tables || S > kMaxShards || l.out_width <= 0) return false;
+  for (int j = 0; j < l.num_tables; ++j) {
+    if (l.width[j] <= 0 || l.rows[j] <= 0 || l.divisor[j] <= 0) return false;
+  }
+  return true;
+}
+
+template <typename T, int V>
+void LaunchLookupV(const Layout& l, const ShardPointers& sp, const void* ids,
+                   bool ids64, int64_t n, void* out, int64_t* first_bad,
+                   cudaStream_t s) {
+  const int n_vec =
+      static_cast<int>(static_cast<int64_t>(l.out_width) * sizeof(T) / V);
+  const int lg = GroupLog2(n_vec);
+  const unsigned grid = GridFor((n + 31) / 32, 5);  // one warp per 32 ids
+  if (l.num_tables <= 2) {
+    LookupKernel<T, V, 2, 4><<<grid, kBlock, 0, s>>>(
+        l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+  } else {
+    LookupKernel<T, V, kMaxTables, 2><<<grid, kBlock, 0, s>>>(
+        l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+  }
+}
+
+template <typename T>
+void LaunchLookupT(int v, const Layout& l, const ShardPointers& sp,
+                   const void* ids, bool ids64, int64_t n, void* out,
+                   int64_t* first_bad, cudaStream_t s) {
+  switch (v) {
+    case 16: LaunchLookupV<T, 16>(l, sp, ids, ids64, n, out, first_bad, s); break;
+    case 8: LaunchLookupV<T, 8>(l, sp, ids, ids64, n, out, first_bad, s); break;
+    case 4: LaunchLookupV<T, 4>(l, sp, ids, ids64, n, out, first_bad, s); break;
+    default:
+      if constexpr (sizeof(T) == 2) {
+        LaunchLookupV<T, 2>(l, sp, ids, ids64, n, out, first_bad, s);
+      }
+      break;
+  }
+}
+
+// ---------------------------------------------------------- backward plan
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+struct GradPlan {
+  int64_t n = 0, m = 0;
+  int num_shards = 0;
+  bool key64 = false;
+  int key_bits = 1;
+  KeyOffsets ko = {};
+  int64_t chunk = 1, chunks = 0, wstride = 0;
+  // Byte offsets from the 256-aligned workspace base.
+  size_t counts = 0, bounds = 0, pos = 0, run_id = 0, keys = 0;
+  size_t temp = 0;  // phase 1 temporaries; phase 2 partials alias them
+  size_t keys_in = 0, pos_in = 0, cub = 0, cub_bytes = 0;
+  size_t partials = 0;
+  size_t total = 0;  // including kAlign slack for an unaligned workspace
+};
+
+// Items per chunk: about 64K chunks, 32..1024 items each.
+int64_t ChunkFor(int64_t m) {
+  int64_t c = 32;
+  while (c < 1024 && c * 65536 < m) c *= 2;
+  return c;
+}
+
+cudaError_t MakeGradPlan(const Layout& l, IdType id_type, int64_t n,
+                         GradPlan* p) {
+  (void)id_type;
+  if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
+  // Positions are uint32 and CUB item counts int.
+  if (n > static_cast<int64_t>(UINT32_MAX) ||
+      static_cast<int64_t>(l.num_tables) * n > static_cast<int64_t>(INT_MAX)) {
+    return cudaErrorInvalidValue;
+  }
+  *p = GradPlan();
+  p->n = n;
+  p->m = static_cast<int64_t>(l.num_tables) * n;
+  p->num_shards = l.shard_begin[l.num_tables];
+  unsigned long long r = 0;
+  for (int j = 0; j < l.num_tables; ++j) {
+    p->ko.off[j] = r;
+    r += static_cast<unsigned long long>(l.rows[j]);
+  }
+  for (int j = l.num_tables; j <= kMaxTables; ++j) p->ko.off[j] = r;
+  // Sum of table rows above 2^32 - 1 needs 64-bit sort keys. The environment
+  // variable TFMH_GPU_FORCE_KEY64=1 forces them (for the standalone test).
+  const char* force = std::getenv("TFMH_GPU_FORCE_KEY64");
+  p->key64 = r > 0xffffffffull || (force != nullptr && force[0] == '1');
+  p->key_bits = 1;
+  while (p->key_bits < 64 && (r >> p->key_bits) != 0) ++p->key_bits;
+  int wmax = 0;
+  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
+  p->wstride = (wmax + 7) / 8 * 8;
+  p->chunk = ChunkFor(p->m);
+  p->chunks = (p->m + p->chunk - 1) / p->chunk;
+
+  const size_t m = static_cast<size_t>(p->m);
+  const size_t ksz = p->key64 ? 8 : 4;
+  size_t off = 0;
+  p->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
+  p->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
+  p->pos = off; off += AlignUp(4 * m);
+  p->run_id = off; off += AlignUp(4 * m);
+  p->keys = off; off += AlignUp(ksz * m);
+  p->temp = off;
+  size_t t = off;
+  p->keys_in = t; t += AlignUp(ksz * m);  // the head flags after the sort
+  p->pos_in = t; t += AlignUp(4 * m);
+  p->cub = t;
+  if (p->m > 0) {
+    const int items = static_cast<int>(p->m);
+    size_t sort_bytes = 0, scan_bytes = 0;
+    cudaError_t e;
+    if (p->key64) {
+      e = cub::DeviceRadixSort::SortPairs(
+          nullptr, sort_bytes, static_cast<const unsigned long long*>(nullptr),
+          static_cast<unsigned long long*>(nullptr),
+          static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+          items, 0, p->key_bits);
+    } else {
+      e = cub::DeviceRadixSort::SortPairs(
+          nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
+          static_cast<uint32_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
+          static_cast<uint32_t*>(nullptr), items, 0, p->key_bits);
+    }
+    if (e != cudaSuccess) return e;
+    e = cub::DeviceScan::InclusiveSum(nullptr, scan_bytes,
+                                      static_cast<const uint32_t*>(nullptr),
+                                      static_cast<uint32_t*>(nullptr), items);
+    if (e != cudaSuccess) return e;
+    p->cub_bytes = std::max(sort_bytes, scan_bytes);
+  }
+  t += AlignUp(std::max<size_t>(p->cub_bytes, 1));
+  p->partials = off;
+  const size_t partial_bytes =
+      AlignUp(sizeof(float) * 2 * static_cast<size_t>(p->chunks) *
+              static_cast<size_t>(p->wstride));
+  p->total = std::max(t, off + partial_bytes) + kAlign;
+  return cudaSuccess;
+}
+
+char* AlignedBase(void* ws) {
+  const uintptr_t x = reinterpret_cast<uintptr_t>(ws);
+  return reinterpret_cast<char*>((x + kAlign - 1) / kAlign * kAlign);
+}
+
+template <typename Index, typename Key>
+cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
+                     char* ws, int64_t* h_counts, cudaStream_t s) {
+  Key* keys_in = reinterpret_cast<Key*>(ws + p.keys_in);
+  Key* keys = reinterpret_cast<Key*>(ws + p.keys);
+  uint32_t* pos_in = reinterpret_cast<uint32_t*>(ws + p.pos_in);
+  uint32_t* pos = reinterpret_cast<uint32_t*>(ws + p.pos);
+  uint32_t* flags = reinterpret_cast<uint32_t*>(ws + p.keys_in);
+  uint32_t* run_id = reinterpret_cast<uint32_t*>(ws + p.run_id);
+  int64_t* bounds = reinterpret_cast<int64_t*>(ws + p.bounds);
+  int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
+  const int items = static_cast<int>(p.m);
+  const unsigned grid_n = GridFor(p.n, 0);
+  BuildKeysKernel<Index, Key><<<grid_n, kBlock, 0, s>>>(
+      l, p.ko, static_cast<const Index*>(ids), p.n, keys_in, pos_in);
+  size_t cub_bytes = p.cub_bytes;
+  cudaError_t e = cub::DeviceRadixSort::SortPairs(
+      ws + p.cub, cub_bytes, keys_in, keys, pos_in, pos, items, 0, p.key_bits,
+      s);
+  if (e != cudaSuccess) return e;
+  HeadFlagsKernel<Key><<<GridFor(p.m, 0), kBlock, 0, s>>>(keys, p.m, flags);
+  cub_bytes = p.cub_bytes;
+  e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, flags, run_id,
+                                    items, s);
+  if (e != cudaSuccess) return e;
+  BoundTargets targets = {};
+  for (int j = 0; j < l.num_tables; ++j) {
+    for (int sh = l.shard_begin[j]; sh < l.shard_begin[j + 1]; ++sh) {
+      targets.key[sh] = p.ko.off[j] + static_cast<unsigned long long>(l.shard_row[sh]);
+    }
+  }
+  targets.key[p.num_shards] = p.ko.off[l.num_tables];
+  ShardBoundsKernel<Key><<<1, 128, 0, s>>>(targets, p.num_shards, keys, p.m,
+                                           run_id, bounds, counts);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+                         cudaMemcpyDeviceToHost, s);
+}
+
+template <typename T, int V>
+void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
+             GradArgs a, cudaStream_t s) {
+  constexpr int N = V / static_cast<int>(sizeof(T));
+  int wmax = 0;
+  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
+  const int64_t nv = wmax / N;  // every width is a multiple of N
+  const int lg = GroupLog2(nv);
+  a.tiles = (nv + (1 << lg) - 1) >> lg;
+  const unsigned grid = GridFor(a.chunks * a.tiles, lg);
+  if (l.combine != Combine::kMul) {
+    GradReduceKernel<T, V, 0><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
+  } else if (l.num_tables <= 2) {
+    GradReduceKernel<T, V, 2><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
+  } else {
+    GradReduceKernel<T, V, kMaxTables><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
+  }
+  GradFixupKernel<T, V><<<grid, kBlock, 0, s>>>(l, so, a, lg);
+}
+
+template <typename T>
+void FinishT(int v, const Layout& l, const ShardPointers& sp,
+             const ShardOutputs& so, const GradArgs& a, cudaStream_t s) {
+  switch (v) {
+    case 16: FinishV<T, 16>(l, sp, so, a, s); break;
+    case 8: FinishV<T, 8>(l, sp, so, a, s); break;
+    case 4: FinishV<T, 4>(l, sp, so, a, s); break;
+    default:
+      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, s);
+      break;
+  }
+}
+
+}  // namespace
+
+const char* ErrorString(Status status) {
+  return cudaGetErrorString(static_cast<cudaError_t>(status));
+}
+
+Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
+                    const ShardPointers& shards, const void* d_ids, int64_t n,
+                    void* d_out, int64_t* d_first_bad, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (!LayoutOk(layout) || n < 0) return cudaErrorInvalidValue;
+  if (d_first_bad != nullptr) InitFirstBadKernel<<<1, 1, 0, s>>>(d_first_bad);
+  if (n == 0) return cudaGetLastError();
+  const size_t esz = ElemSize(dtype);
+  const void* ptrs[kMaxShards + 1];
+  int np = 0;
+  ptrs[np++] = d_out;
+  for (int q = 0; q < layout.shard_begin[layout.num_tables]; ++q) {
+    ptrs[np++] = shards.data[q];
+  }
+  const int v = ChooseVector(layout, esz, ptrs, np);
+  const bool ids64 = id_type == IdType::kInt64;
+  switch (dtype) {
+    case DType::kFloat32:
+      LaunchLookupT<float>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
+      break;
+    case DType::kFloat16:
+      LaunchLookupT<__half>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
+      break;
+    case DType::kBFloat16:
+      LaunchLookupT<__nv_bfloat16>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+size_t LookupGradWorkspaceBytes(const Layout& layout, IdType id_type,
+                                int64_t n) {
+  GradPlan p;
+  if (MakeGradPlan(layout, id_type, n, &p) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return p.total;
+}
+
+Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
+                               IdType id_type, const void* d_ids, int64_t n,
+                               void* d_workspace, size_t workspace_bytes,
+                               int64_t* h_shard_counts, void* stream) {
+  (void)dtype;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GradPlan p;
+  cudaError_t e = MakeGradPlan(layout, id_type, n, &p);
+  if (e != cudaSuccess) return e;
+  if (d_workspace == nullptr || workspace_bytes < p.total) {
+    return cudaErrorInvalidValue;
+  }
+  char* ws = AlignedBase(d_workspace);
+  if (p.m == 0) {
+    int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
+    e = cudaMemsetAsync(counts, 0, sizeof(int64_t) * p.num_shards, s);
+    if (e != cudaSuccess) return e;
+    return cudaMemcpyAsync(h_shard_counts, counts,
+                           sizeof(int64_t) * p.num_shards,
+                           cudaMemcpyDeviceToHost, s);
+  }
+  const bool i32 = id_type == IdType::kInt32;
+  if (p.key64) {
+    e = i32 ? PrepareT<int32_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s)
+            : PrepareT<int64_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s);
+  } else {
+    e = i32 ? PrepareT<int32_t, uint32_t>(layout, p, d_ids, ws, h_shard_counts, s)
+            : PrepareT<int64_t, uint32_t>(layout, p, d_ids, ws, h_shard_counts, s);
+  }
+  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
+Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
+                              IdType id_type, const ShardPointers& shards,
+                              const void* d_ids, const void* d_grad, int64_t n,
+                              void* d_workspace, size_t workspace_bytes,
+                              void* const* d_indices, void* const* d_values,
+                              void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GradPlan p;
+  cudaError_t e = MakeGradPlan(layout, id_type, n, &p);
+  if (e != cudaSuccess) return e;
+  if (d_workspace == nullptr || workspace_bytes < p.total) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.m == 0) return cudaGetLastError();
+  char* ws = AlignedBase(d_workspace);
+  ShardOutputs so = {};
+  const void* ptrs[2 * kMaxShards + 1];
+  int np = 0;
+  ptrs[np++] = d_grad;
+  for (int q = 0; q < p.num_shards; ++q) {
+    so.indices[q] = d_indices[q];
+    so.values[q] = d_values[q];
+    ptrs[np++] = d_values[q];
+    if (layout.combine == Combine::kMul) ptrs[np++] = shards.data[q];
+  }
+  const int v = ChooseVector(layout, ElemSize(dtype), ptrs, np);
+  GradArgs a = {};
+  a.ids = d_ids;
+  a.ids64 = id_type == IdType::kInt64 ? 1 : 0;
+  a.grad = static_cast<const char*>(d_grad);
+  a.n = p.n;
+  a.m = p.m;
+  a.chunk = p.chunk;
+  a.chunks = p.chunks;
+  a.keys = ws + p.keys;
+  a.key64 = p.key64 ? 1 : 0;
+  a.pos = reinterpret_cast<const uint32_t*>(ws + p.pos);
+  a.run_id = reinterpret_cast<const uint32_t*>(ws + p.run_id);
+  a.bounds = reinterpret_cast<const int64_t*>(ws + p.bounds);
+  a.partials = reinterpret_cast<float*>(ws + p.partials);
+  a.wstride = p.wstride;
+  a.ko = p.ko;
+  switch (dtype) {
+    case DType::kFloat32:
+      FinishT<float>(v, layout, shards, so, a, s);
+      break;
+    case DType::kFloat16:
+      FinishT<__half>(v, layout, shards, so, a, s);
+      break;
+    case DType::kBFloat16:
+      FinishT<__nv_bfloat16>(v, layout, shards, so, a, s);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace gpu
+}  // namespace tfmh
