@@ -16,10 +16,13 @@
 // head flags + inclusive scan give a 1-based run (= unique row) id per sorted
 // item; a one-block kernel binary-searches the shard boundaries to get every
 // shard's first run and count; the counts are copied to the host.
-// Phase 2 (Finish): the sorted items are cut into fixed chunks of C items;
-// one group per (chunk, column tile) walks its chunk, summing gradient
-// vectors (times the other tables' elements for mul) of each run segment in
-// float. Runs that lie inside one chunk are written directly; a run crossing
+// Phase 2 (Finish): for mul, a first pass over the ids in their original
+// order (coalesced id and gradient reads, table rows from L2) writes, for
+// every table j, P_j[i] = grad[i] * prod_{q != j} row_q(id_i) as float into
+// the workspace; the sum then reads P_j exactly like add reads the gradient,
+// with no random id gathers. The sorted items are cut into fixed chunks of C
+// items; one group per (chunk, column tile) walks its chunk, summing the
+// gradient vectors (P_j for mul) of each run segment in float. Runs that lie inside one chunk are written directly; a run crossing
 // chunk borders leaves one float partial per chunk, and a fix-up kernel (one
 // group per run owner) adds them in chunk order. Everything is deterministic.
 #include "gpu_kernels/multihash_gpu.h"
@@ -30,6 +33,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -402,6 +406,7 @@ struct GradArgs {
   const int64_t* bounds;   // first run of every shard; [S] = valid runs
   float* partials;         // 2 slots of wstride floats per chunk
   int64_t wstride;
+  const float* prod;       // mul: P_j[i] at prod + (j * n + i) * out_width
   KeyOffsets ko;
 };
 
@@ -494,12 +499,130 @@ __global__ void ShardBoundsKernel(const __grid_constant__ BoundTargets targets,
   if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
 }
 
-// One group per (chunk, column tile). See the file comment. KMUL = 0 for add
-// and concat; for mul, an upper bound of num_tables (2 or kMaxTables).
-template <typename T, int V, int KMUL>
+// Mul, before the sum: for every in-range position i (original order) and
+// every table j, P_j[i] = grad[i] * (product of the other tables' rows of
+// id i), in float, at prod + (j * n + i) * out_width; out-of-range ids get
+// zero rows (their items are never summed). Same walk as LookupKernel: a
+// warp takes a tile of 32 ids, lane L loads id L (prefetched a tile ahead)
+// and computes its k row addresses; one group of G lanes per id takes them
+// by shuffle and moves V-byte vectors; U ids per batch keep the gradient and
+// row loads of U ids in flight. KMAX: an upper bound of num_tables.
+template <typename T, int V, int KMAX, int U>
+__global__ void __launch_bounds__(kBlock)
+    MulPartialKernel(const __grid_constant__ Layout l,
+                     const __grid_constant__ ShardPointers sp,
+                     const void* __restrict__ ids, int ids64, int64_t n,
+                     const char* __restrict__ grad, float* __restrict__ prod,
+                     int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  constexpr unsigned kFull = 0xffffffffu;
+  const int G = 1 << log2_group;
+  const int lane = threadIdx.x & 31;
+  const int glane = lane & (G - 1);
+  const int gid = lane >> log2_group;
+  const int per_step = 32 >> log2_group;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  const int64_t warp_base =
+      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  const int64_t W = l.out_width;  // = width of every table (mul)
+  const int nv = static_cast<int>(W / N);
+  const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
+  const int64_t table_stride = n * W;  // floats of one P_j
+
+  int64_t next_id =
+      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
+  for (int64_t base = warp_base; base < n; base += stride) {
+    const int64_t i = base + lane;
+    const int64_t id = next_id;
+    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+    const bool ok = i < n && IdInRange(l, id);
+    unsigned long long mine[KMAX];
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
+    if (ok) {
+#pragma unroll
+      for (int j = 0; j < KMAX; ++j) {
+        if (j < k) mine[j] = RowAddr<T>(l, sp, j, id);
+      }
+    }
+    const unsigned ok_mask = __ballot_sync(kFull, ok);
+    const int cnt = static_cast<int>(min(int64_t{32}, n - base));
+
+    for (int s0 = 0; s0 < G; s0 += U) {
+      unsigned long long a[U][KMAX];
+      int q[U];
+      bool valid[U];
+      bool good[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= G
+        q[u] = slot & 31;
+        valid[u] = slot < cnt;
+        good[u] = valid[u] && ((ok_mask >> q[u]) & 1u) != 0;
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          a[u][j] = 0ull;
+          if (j < k) a[u][j] = __shfl_sync(kFull, mine[j], q[u]);
+        }
+      }
+      for (int v = glane; v < nv; v += G) {
+        const int64_t off = static_cast<int64_t>(v) * V;
+        P gv[U];
+        P x[U][KMAX];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (good[u]) {
+            gv[u] = LoadPack<T, V>(grad + (base + q[u]) * row_bytes + off);
+#pragma unroll
+            for (int j = 0; j < KMAX; ++j) {
+              if (j < k) {
+                x[u][j] = LoadPack<T, V>(
+                    reinterpret_cast<const char*>(a[u][j]) + off);
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (!valid[u]) continue;
+          float* dst = prod + (base + q[u]) * W + static_cast<int64_t>(v) * N;
+#pragma unroll
+          for (int j = 0; j < KMAX; ++j) {
+            if (j < k) {
+              float o[N];
+#pragma unroll
+              for (int e = 0; e < N; ++e) {
+                o[e] = 0.f;
+                if (good[u]) {
+                  const float f = CombinePartial<float>(op, k, j, [&](int t) {
+                    float xv = 0.f;
+#pragma unroll
+                    for (int tt = 0; tt < KMAX; ++tt) {
+                      if (tt == t) xv = Elem<T>::ToF(x[u][tt].e[e]);
+                    }
+                    return xv;
+                  });
+                  o[e] = Elem<T>::ToF(gv[u].e[e]) * f;
+                }
+              }
+              StoreFloats<N>(dst + j * table_stride, o);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// One group per (chunk, column tile). See the file comment. kProd: the
+// gradient of every item is P_j (mul, float, written by MulPartialKernel);
+// else the table's columns of the incoming gradient (add and concat).
+template <typename T, int V, bool kProd>
 __global__ void __launch_bounds__(kBlock)
     GradReduceKernel(const __grid_constant__ Layout l,
-                     const __grid_constant__ ShardPointers sp,
                      const __grid_constant__ ShardOutputs so,
                      const __grid_constant__ GradArgs a, int log2_group) {
   using P = Pack<T, V>;
@@ -509,13 +632,11 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t first =
       (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
   const int k = l.num_tables;
-  const Combine op = l.combine;
-  constexpr bool kMul = KMUL > 0;
-  // Items per batch; mul holds k - 1 more row vectors and k addresses per item.
-  constexpr int kB = kMul ? (KMUL <= 2 ? kBatch : 2) : kBatch;
+  constexpr int kB = kBatch;
   const int num_shards = l.shard_begin[k];
   const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
   const int64_t grad_row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+  const int64_t prod_w = l.out_width;
   const uint32_t* __restrict__ run_id = a.run_id;
   const uint32_t* __restrict__ pos = a.pos;
 
@@ -536,6 +657,11 @@ __global__ void __launch_bounds__(kBlock)
       const int64_t col_bytes =
           static_cast<int64_t>(l.col_offset[j]) * sizeof(T) +
           static_cast<int64_t>(v) * V;
+      // P_j of position p, this lane's N columns.
+      const float* prod_j =
+          kProd ? a.prod + static_cast<int64_t>(j) * a.n * prod_w +
+                      static_cast<int64_t>(v) * N
+                : nullptr;
       float acc[N];
 #pragma unroll
       for (int e = 0; e < N; ++e) acc[e] = 0.f;
@@ -548,42 +674,13 @@ __global__ void __launch_bounds__(kBlock)
           rid[u] = in ? run_id[i + u] : 0u;
           p[u] = in ? pos[i + u] : 0u;
         }
-        P gv[kB];
-#pragma unroll
-        for (int u = 0; u < kB; ++u) {
-          if (active && rid[u] == r) {
-            gv[u] = LoadPack<T, V>(a.grad + static_cast<int64_t>(p[u]) * grad_row_bytes +
-                                   col_bytes);
-          }
-        }
         int taken = 0;
-        if constexpr (kMul) {
-          // d out / d table_j = product of the other tables' elements. The
-          // batch's random id loads are issued together, then its rows are
-          // located, then all its row loads are issued, so one batch costs
-          // about one id-load and one row-load latency, not kB of each.
-          int64_t idv[kB];
+        if constexpr (kProd) {
+          float pv[kB][N];
 #pragma unroll
           for (int u = 0; u < kB; ++u) {
-            idv[u] = rid[u] == r ? IdAt(a.ids, a.ids64, p[u]) : int64_t{0};
-          }
-          unsigned long long addr[kB][KMUL];
-#pragma unroll
-          for (int u = 0; u < kB; ++u) {
-#pragma unroll
-            for (int q = 0; q < KMUL; ++q) addr[u][q] = 0ull;
-            // rid[u] is the same on every lane of the group (all lanes call).
-            if (rid[u] == r) GatherRowAddrs<T, KMUL>(l, sp, idv[u], g, addr[u]);
-          }
-          P x[kB][KMUL];
-#pragma unroll
-          for (int u = 0; u < kB; ++u) {
-#pragma unroll
-            for (int q = 0; q < KMUL; ++q) {
-              if (active && rid[u] == r && q < k && q != j) {
-                x[u][q] = LoadPack<T, V>(reinterpret_cast<const char*>(addr[u][q]) +
-                                         static_cast<int64_t>(v) * V);
-              }
+            if (active && rid[u] == r) {
+              LoadFloats<N>(prod_j + static_cast<int64_t>(p[u]) * prod_w, pv[u]);
             }
           }
 #pragma unroll
@@ -592,21 +689,19 @@ __global__ void __launch_bounds__(kBlock)
               ++taken;
               if (active) {
 #pragma unroll
-                for (int e = 0; e < N; ++e) {
-                  const float f = CombinePartial<float>(op, k, j, [&](int q) {
-                    float xv = 0.f;
-#pragma unroll
-                    for (int qq = 0; qq < KMUL; ++qq) {
-                      if (qq == q) xv = Elem<T>::ToF(x[u][qq].e[e]);
-                    }
-                    return xv;
-                  });
-                  acc[e] += Elem<T>::ToF(gv[u].e[e]) * f;
-                }
+                for (int e = 0; e < N; ++e) acc[e] += pv[u][e];
               }
             }
           }
         } else {
+          P gv[kB];
+#pragma unroll
+          for (int u = 0; u < kB; ++u) {
+            if (active && rid[u] == r) {
+              gv[u] = LoadPack<T, V>(a.grad + static_cast<int64_t>(p[u]) * grad_row_bytes +
+                                     col_bytes);
+            }
+          }
 #pragma unroll
           for (int u = 0; u < kB; ++u) {
             if (rid[u] == r) {  // a prefix of the batch (run ids ascend)
@@ -817,6 +912,7 @@ struct GradPlan {
   size_t temp = 0;  // phase 1 temporaries; phase 2 partials alias them
   size_t keys_in = 0, pos_in = 0, cub = 0, cub_bytes = 0;
   size_t partials = 0;
+  size_t prod = 0;  // mul: the P_j of all tables (aliases the temporaries)
   size_t total = 0;  // including kAlign slack for an unaligned workspace
 };
 
@@ -899,7 +995,20 @@ cudaError_t MakeGradPlan(const Layout& l, IdType id_type, int64_t n,
   const size_t partial_bytes =
       AlignUp(sizeof(float) * 2 * static_cast<size_t>(p->chunks) *
               static_cast<size_t>(p->wstride));
-  p->total = std::max(t, off + partial_bytes) + kAlign;
+  // Mul: P_j[i] for every table j and position i, out_width floats each
+  // (k * n * out_width floats), after the partials. Like the partials it
+  // only lives in phase 2, so it reuses the phase 1 temporaries.
+  size_t prod_bytes = 0;
+  if (l.combine == Combine::kMul) {
+    const uint64_t w = static_cast<uint64_t>(l.out_width);
+    if (p->m > 0 &&
+        w > (static_cast<uint64_t>(SIZE_MAX) / 8) / sizeof(float) / m) {
+      return cudaErrorInvalidValue;  // the workspace size would overflow
+    }
+    prod_bytes = AlignUp(sizeof(float) * m * static_cast<size_t>(w));
+  }
+  p->prod = off + partial_bytes;
+  p->total = std::max(t, off + partial_bytes + prod_bytes) + kAlign;
   return cudaSuccess;
 }
 
@@ -950,7 +1059,7 @@ cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
 
 template <typename T, int V>
 void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
-             GradArgs a, cudaStream_t s) {
+             GradArgs a, float* prod, cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
   int wmax = 0;
   for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
@@ -959,24 +1068,33 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
   a.tiles = (nv + (1 << lg) - 1) >> lg;
   const unsigned grid = GridFor(a.chunks * a.tiles, lg);
   if (l.combine != Combine::kMul) {
-    GradReduceKernel<T, V, 0><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
-  } else if (l.num_tables <= 2) {
-    GradReduceKernel<T, V, 2><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
+    GradReduceKernel<T, V, false><<<grid, kBlock, 0, s>>>(l, so, a, lg);
   } else {
-    GradReduceKernel<T, V, kMaxTables><<<grid, kBlock, 0, s>>>(l, sp, so, a, lg);
+    const int lgp = GroupLog2(l.out_width / N);
+    const unsigned grid_p = GridFor((a.n + 31) / 32, 5);  // a warp per 32 ids
+    if (l.num_tables <= 2) {
+      MulPartialKernel<T, V, 2, 4><<<grid_p, kBlock, 0, s>>>(
+          l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+    } else {
+      MulPartialKernel<T, V, kMaxTables, 1><<<grid_p, kBlock, 0, s>>>(
+          l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+    }
+    a.prod = prod;
+    GradReduceKernel<T, V, true><<<grid, kBlock, 0, s>>>(l, so, a, lg);
   }
   GradFixupKernel<T, V><<<grid, kBlock, 0, s>>>(l, so, a, lg);
 }
 
 template <typename T>
 void FinishT(int v, const Layout& l, const ShardPointers& sp,
-             const ShardOutputs& so, const GradArgs& a, cudaStream_t s) {
+             const ShardOutputs& so, const GradArgs& a, float* prod,
+             cudaStream_t s) {
   switch (v) {
-    case 16: FinishV<T, 16>(l, sp, so, a, s); break;
-    case 8: FinishV<T, 8>(l, sp, so, a, s); break;
-    case 4: FinishV<T, 4>(l, sp, so, a, s); break;
+    case 16: FinishV<T, 16>(l, sp, so, a, prod, s); break;
+    case 8: FinishV<T, 8>(l, sp, so, a, prod, s); break;
+    case 4: FinishV<T, 4>(l, sp, so, a, prod, s); break;
     default:
-      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, s);
+      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, prod, s);
       break;
   }
 }
@@ -1104,15 +1222,17 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
   a.partials = reinterpret_cast<float*>(ws + p.partials);
   a.wstride = p.wstride;
   a.ko = p.ko;
+  a.prod = nullptr;  // FinishV sets it for mul
+  float* prod = reinterpret_cast<float*>(ws + p.prod);
   switch (dtype) {
     case DType::kFloat32:
-      FinishT<float>(v, layout, shards, so, a, s);
+      FinishT<float>(v, layout, shards, so, a, prod, s);
       break;
     case DType::kFloat16:
-      FinishT<__half>(v, layout, shards, so, a, s);
+      FinishT<__half>(v, layout, shards, so, a, prod, s);
       break;
     case DType::kBFloat16:
-      FinishT<__nv_bfloat16>(v, layout, shards, so, a, s);
+      FinishT<__nv_bfloat16>(v, layout, shards, so, a, prod, s);
       break;
     default:
       return cudaErrorInvalidValue;
