@@ -96,7 +96,7 @@ if [ "${#missing_py[@]}" -gt 0 ]; then
   "$PYTHON" -m pip install -q "${missing_py[@]}"
 fi
 
-# Make the package importable from anywhere (e.g. examples/quickstart.py)
+# Make the package importable from anywhere (e.g. the examples/ scripts)
 # with a .pth file naming the repo root, in a virtual environment only.
 SITE_DIR="$("$PYTHON" -c 'import sys, sysconfig; print(sysconfig.get_paths()["purelib"] if sys.prefix != sys.base_prefix else "")')"
 if [ -n "$SITE_DIR" ] && [ -w "$SITE_DIR" ]; then

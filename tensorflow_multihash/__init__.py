@@ -2,10 +2,25 @@
 
 One logical embedding table of `capacity` rows is stored as small tables whose
 rows are picked by complementary hash functions (quotient and remainder) and
-combined by add, mul or concat. Importing the package loads the op library.
+combined by add, mul or concat. Importing the package loads the op library
+and lets DeepRec code that uses `get_multihash_variable` run unchanged.
 """
 
 from tensorflow_multihash import multihash_ops
+from tensorflow_multihash.embedding_ops import embedding_lookup
+from tensorflow_multihash.embedding_ops import embedding_lookup_sparse
+from tensorflow_multihash.embedding_ops import safe_embedding_lookup_sparse
 from tensorflow_multihash.multihash_ops import multihash_lookup
+from tensorflow_multihash.variable import MultiHashVariable
+from tensorflow_multihash.variable import get_multihash_variable
+from tensorflow_multihash import deeprec_compat  # noqa: F401  (registers)
 
-__all__ = ["multihash_ops", "multihash_lookup"]
+__all__ = [
+    "MultiHashVariable",
+    "embedding_lookup",
+    "embedding_lookup_sparse",
+    "get_multihash_variable",
+    "multihash_lookup",
+    "multihash_ops",
+    "safe_embedding_lookup_sparse",
+]

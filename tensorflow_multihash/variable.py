@@ -1,0 +1,268 @@
+"""`get_multihash_variable` and the `MultiHashVariable` it returns.
+
+A multi-hash variable is one logical embedding table of `capacity` rows
+stored as small tables (k = 2: a quotient table Q and a remainder table R).
+The small tables are ordinary TensorFlow variables created with
+`tf.compat.v1.get_variable` in the current variable scope, named
+`<name>/multhash_Q` and `<name>/multhash_R` (the names DeepRec checkpoints
+use), so scopes, reuse, partitioners, custom getters, collections, savers and
+optimizers treat them like any other variable.
+"""
+
+import math
+import numbers
+
+import tensorflow as tf
+from tensorflow.python.ops import variables as variables_lib
+
+from tensorflow_multihash import multihash_ops
+
+# Sub-variable names, in table order (DeepRec's spelling, kept so that its
+# checkpoints restore by name).
+_TABLE_SUFFIXES = ("multhash_Q", "multhash_R")
+
+
+class MultiHashConfig(object):
+  """DeepRec's option object of a multi-hash variable: `size` is the dims."""
+
+  def __init__(self, size, strategy, operation):
+    self.size = size
+    self.strategy = strategy
+    self.operation = operation
+
+  def __repr__(self):
+    return "MultiHashConfig(size=%r, strategy=%r, operation=%r)" % (
+        self.size, self.strategy, self.operation)
+
+
+class _Untracked(object):
+  """Holds objects that must not become checkpoint dependencies."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+def validate_config(dims, num_of_partitions, complementary_strategy,
+                    operation):
+  """Checks the configuration; returns (dims as int pairs, operation).
+
+  Raises:
+    ValueError: naming the first bad argument and its value.
+  """
+  multihash_ops.check_strategy(complementary_strategy)
+  operation = multihash_ops.canonical_operation(operation)
+  if (isinstance(num_of_partitions, bool) or
+      not isinstance(num_of_partitions, numbers.Integral)):
+    raise ValueError("num_of_partitions must be an integer, got %r" %
+                     (num_of_partitions,))
+  if complementary_strategy == "Q-R" and num_of_partitions != 2:
+    raise ValueError("The Q-R strategy needs num_of_partitions = 2, got %r" %
+                     (num_of_partitions,))
+  if not isinstance(dims, (list, tuple)):
+    raise ValueError("dims must be a list of [rows, width] pairs, got %r" %
+                     (dims,))
+  if len(dims) != num_of_partitions:
+    raise ValueError("dims has %d entries but num_of_partitions is %d: give "
+                     "one [rows, width] pair per partition, got %r" %
+                     (len(dims), num_of_partitions, dims))
+  pairs = []
+  for j, pair in enumerate(dims):
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+      raise ValueError("dims[%d] must be a [rows, width] pair, got %r" %
+                       (j, pair))
+    for field, value in zip(("rows", "width"), pair):
+      if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+          or value <= 0):
+        raise ValueError("dims[%d] %s must be a positive integer, got %r" %
+                         (j, field, value))
+    pairs.append([int(pair[0]), int(pair[1])])
+  widths = [w for _, w in pairs]
+  if operation != "concat" and len(set(widths)) != 1:
+    raise ValueError("operation %r needs equal widths in dims, got widths %s"
+                     % (operation, widths))
+  return pairs, operation
+
+
+def _base_name(table):
+  """The variable-scope path of a small table, without ':0'."""
+  name = table.name
+  return name[:-2] if name.endswith(":0") else name
+
+
+def _shard_variables(table):
+  if isinstance(table, variables_lib.PartitionedVariable):
+    partitions = table._get_partitions()  # pylint: disable=protected-access
+    if any(p != 1 for p in partitions[1:]):
+      raise ValueError("a multi-hash table may only be partitioned along its "
+                       "rows (axis 0), got partitions %s for %s" %
+                       (partitions, table.name))
+    return list(table)
+  return [table]
+
+
+class MultiHashVariable(tf.Module):
+  """One logical [capacity, embedding_dim] embedding table stored as small
+  tables; look it up with `tf.nn.embedding_lookup` or
+  `tensorflow_multihash.embedding_lookup`.
+
+  Attributes:
+    name: the variable's name (with its variable scope).
+    dims: the [rows, width] pair of every small table.
+    operation: "add", "mul" or "concat".
+    complementary_strategy: "Q-R".
+    num_of_partitions: the number of small tables.
+    dtype: a `tf.DType`.
+    capacity: the number of ids, the product of the tables' rows.
+    embedding_dim: width of a looked-up embedding.
+    shape: `tf.TensorShape([capacity, embedding_dim])`.
+    tables: the small tables, each a variable or a partitioned variable.
+    val_list: the same as `tables` (DeepRec's name).
+    mhvconfig: DeepRec's option object; `mhvconfig.size == dims`.
+    variables, trainable_variables: every shard variable, flat.
+  """
+
+  def __init__(self, name, dims, num_of_partitions, complementary_strategy,
+               operation, dtype, tables):
+    super().__init__(name="MultiHashVariable")
+    self._mh_name = name
+    self._dims = [list(d) for d in dims]
+    self._num_of_partitions = num_of_partitions
+    self._strategy = complementary_strategy
+    self._operation = operation
+    self._dtype = tf.as_dtype(dtype)
+    self._tables = _Untracked(tuple(tables))
+    # The shard variables are the checkpoint dependencies.
+    self._shards = [s for t in tables for s in _shard_variables(t)]
+
+  @property
+  def name(self):
+    return self._mh_name
+
+  @property
+  def dims(self):
+    return [list(d) for d in self._dims]
+
+  @property
+  def operation(self):
+    return self._operation
+
+  @property
+  def complementary_strategy(self):
+    return self._strategy
+
+  @property
+  def num_of_partitions(self):
+    return self._num_of_partitions
+
+  @property
+  def dtype(self):
+    return self._dtype
+
+  @property
+  def capacity(self):
+    return math.prod(rows for rows, _ in self._dims)
+
+  @property
+  def embedding_dim(self):
+    widths = [w for _, w in self._dims]
+    return sum(widths) if self._operation == "concat" else widths[0]
+
+  @property
+  def shape(self):
+    return tf.TensorShape([self.capacity, self.embedding_dim])
+
+  def get_shape(self):
+    return self.shape
+
+  @property
+  def tables(self):
+    return list(self._tables.value)
+
+  @property
+  def val_list(self):
+    return self.tables
+
+  @property
+  def mhvconfig(self):
+    return MultiHashConfig(self.dims, self._strategy, self._operation)
+
+  @property
+  def variables(self):
+    return tuple(self._shards)
+
+  @property
+  def trainable_variables(self):
+    return tuple(v for v in self._shards if v.trainable)
+
+  def __repr__(self):
+    return ("<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
+            "dtype=%s>" % (self._mh_name, self.dims, self._operation,
+                           self._strategy, self._dtype.name))
+
+
+def get_multihash_variable(name,
+                           dims,
+                           num_of_partitions=2,
+                           complementary_strategy="Q-R",
+                           operation="add",
+                           dtype=tf.float32,
+                           initializer=None,
+                           regularizer=None,
+                           trainable=None,
+                           collections=None,
+                           caching_device=None,
+                           partitioner=None,
+                           validate_shape=True,
+                           use_resource=None,
+                           custom_getter=None,
+                           constraint=None,
+                           synchronization=tf.VariableSynchronization.AUTO,
+                           aggregation=tf.VariableAggregation.NONE):
+  """Creates (or, under a reusing variable scope, gets) a multi-hash variable.
+
+  Args:
+    name: the variable's name; its small tables are `<name>/multhash_Q` and
+      `<name>/multhash_R` in the current variable scope.
+    dims: one [rows, width] pair per small table, Q first: [[2, 2], [2, 2]]
+      is a 2 x 2 Q table and a 2 x 2 R table, capacity 4.
+    num_of_partitions: the number of small tables; 2 for "Q-R".
+    complementary_strategy: "Q-R": id x uses row x // rows_R of Q and row
+      x % rows_R of R, a unique pair for every x in [0, rows_Q * rows_R).
+    operation: "add", "mul" ("mult" too) or "concat" (Q's part first).
+    dtype: the tables' dtype (Python `float` means tf.float32).
+    initializer: as for `tf.compat.v1.get_variable`; default a truncated
+      normal with stddev 1 / sqrt(embedding_dim).
+    regularizer, trainable, collections, caching_device, partitioner,
+    validate_shape, use_resource, custom_getter, constraint, synchronization,
+    aggregation: passed to `tf.compat.v1.get_variable` for each small table.
+      A partitioner splits each table into row blocks.
+
+  Returns:
+    A `MultiHashVariable`.
+
+  Raises:
+    ValueError: an unsupported strategy or operation, num_of_partitions
+      other than 2 with "Q-R", len(dims) != num_of_partitions, a row count or
+      width that is not a positive integer, unequal widths for add or mul.
+  """
+  pairs, operation = validate_config(dims, num_of_partitions,
+                                     complementary_strategy, operation)
+  dtype = tf.as_dtype(dtype)
+  if initializer is None:
+    width = (sum(w for _, w in pairs) if operation == "concat"
+             else pairs[0][1])
+    initializer = tf.compat.v1.truncated_normal_initializer(
+        stddev=1.0 / math.sqrt(width))
+  tables = []
+  for suffix, (rows, width) in zip(_TABLE_SUFFIXES, pairs):
+    tables.append(tf.compat.v1.get_variable(
+        "%s/%s" % (name, suffix), shape=[rows, width], dtype=dtype,
+        initializer=initializer, regularizer=regularizer, trainable=trainable,
+        collections=collections, caching_device=caching_device,
+        partitioner=partitioner, validate_shape=validate_shape,
+        use_resource=use_resource, custom_getter=custom_getter,
+        constraint=constraint, synchronization=synchronization,
+        aggregation=aggregation))
+  full_name = _base_name(tables[0])[:-len("/" + _TABLE_SUFFIXES[0])]
+  return MultiHashVariable(full_name, pairs, num_of_partitions,
+                           complementary_strategy, operation, dtype, tables)
