@@ -194,6 +194,21 @@ class MultiHashVariable(tf.Module):
   def trainable_variables(self):
     return tuple(v for v in self._shards if v.trainable)
 
+  # Saving. tf.train.Checkpoint and SavedModel reach the shard variables as
+  # tracked children (so optimizer slots follow them); this object has no
+  # tensors of its own there. A TF1 Saver given the object itself in
+  # var_list asks the legacy hook instead, which hands it the shard
+  # variables, saved under their own names as if listed one by one.
+  def _serialize_to_tensors(self):
+    return {}
+
+  def _restore_from_tensors(self, restored_tensors):
+    del restored_tensors
+    return tf.no_op()
+
+  def _gather_saveables_for_checkpoint(self):
+    return {str(i): v for i, v in enumerate(self._shards)}
+
   def __repr__(self):
     return ("<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
             "dtype=%s>" % (self._mh_name, self.dims, self._operation,
