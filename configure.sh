@@ -2,7 +2,7 @@
 # Sets up everything needed to build and use tensorflow_multihash, then builds
 # the op library and copies it into the Python package:
 #   1. Bazel (Debian's bazel-bootstrap 4.2.3 + its rules), if missing;
-#   2. a Python with tensorflow 2.21, numpy and pytest: $PYTHON_BIN_PATH if
+#   2. a Python with tensorflow 2.21, numpy, pytest, tf_keras: $PYTHON_BIN_PATH if
 #      set, else .venv/ at the repo root (created if missing); a .pth file in
 #      a virtual environment's site-packages puts the repo root on sys.path;
 #   3. .bazelrc (git-ignored) with the TensorFlow flags from tf.sysconfig, the
@@ -91,6 +91,8 @@ missing_py=()
 "$PYTHON" -c "import tensorflow" >/dev/null 2>&1 || missing_py+=("$TF_REQUIREMENT")
 "$PYTHON" -c "import numpy" >/dev/null 2>&1 || missing_py+=(numpy)
 "$PYTHON" -c "import pytest" >/dev/null 2>&1 || missing_py+=(pytest)
+# For the tests of the feature columns with tf_keras.layers.DenseFeatures.
+"$PYTHON" -c "import tf_keras" >/dev/null 2>&1 || missing_py+=("tf_keras==2.21.*")
 if [ "${#missing_py[@]}" -gt 0 ]; then
   log "pip install ${missing_py[*]}"
   "$PYTHON" -m pip install -q "${missing_py[@]}"

@@ -10,6 +10,8 @@ from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.embedding_ops import embedding_lookup
 from tensorflow_multihash.embedding_ops import embedding_lookup_sparse
 from tensorflow_multihash.embedding_ops import safe_embedding_lookup_sparse
+from tensorflow_multihash.feature_column import categorical_column_with_multihash
+from tensorflow_multihash.feature_column import embedding_column
 from tensorflow_multihash.multihash_ops import multihash_lookup
 from tensorflow_multihash.variable import MultiHashVariable
 from tensorflow_multihash.variable import get_multihash_variable
@@ -17,6 +19,8 @@ from tensorflow_multihash import deeprec_compat  # noqa: F401  (registers)
 
 __all__ = [
     "MultiHashVariable",
+    "categorical_column_with_multihash",
+    "embedding_column",
     "embedding_lookup",
     "embedding_lookup_sparse",
     "get_multihash_variable",
