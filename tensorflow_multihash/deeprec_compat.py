@@ -14,6 +14,9 @@ other call, unchanged, to TensorFlow's function.
 import functools
 
 import tensorflow as tf
+# `import tensorflow.compat.v1` (done by DeepRec-style code, and by tf_keras)
+# may load a module object other than `tf.compat.v1`; both are patched.
+import tensorflow.compat.v1 as tf_v1_module
 from tensorflow.python.feature_column import feature_column_v2 as fc2
 from tensorflow.python.util import dispatch
 
@@ -89,7 +92,7 @@ def _safe_embedding_lookup_sparse_v1(embedding_weights: MultiHashVariable,
 
 # pylint: enable=unused-argument
 
-for _namespace in (tf, tf.compat.v1):
+for _namespace in (tf, tf.compat.v1, tf_v1_module):
   if not hasattr(_namespace, "get_multihash_variable"):
     setattr(_namespace, "get_multihash_variable", get_multihash_variable)
 
@@ -123,7 +126,8 @@ def _wrap_embedding_column(tf_embedding_column):
 
 
 _FEATURE_COLUMN_NAMESPACES = (fc2, tf.feature_column,
-                              tf.compat.v1.feature_column)
+                              tf.compat.v1.feature_column,
+                              tf_v1_module.feature_column)
 for _namespace in _FEATURE_COLUMN_NAMESPACES:
   if not hasattr(_namespace, "categorical_column_with_multihash"):
     setattr(_namespace, "categorical_column_with_multihash",

@@ -137,23 +137,38 @@ def safe_embedding_lookup_sparse(embedding_weights, sparse_ids,
     A `[d_0, ..., d_{n-1}, embedding_dim]` tensor.
   """
   _check_params(embedding_weights, "embedding_weights")
+  return pooled_lookup(embedding_weights, sparse_ids, sparse_weights,
+                       combiner=combiner, default_id=default_id,
+                       max_norm=max_norm, prune_ids=True,
+                       name=name or "multihash_safe_embedding_lookup_sparse")
+
+
+def pooled_lookup(params, sparse_ids, sparse_weights, combiner, default_id,
+                  max_norm, prune_ids, name):
+  """Pools bags of ids of any rank (the last dimension holds the bag).
+
+  Ids whose weight is not positive are dropped, as TensorFlow's safe lookup
+  does; ids < 0 too if `prune_ids`, else they fail in the op like any other
+  out-of-range id. Empty rows get `default_id`'s embedding, or zeros.
+  """
   combiner = _check_combiner(combiner)
   sparse_ids = _as_sparse(sparse_ids, "sparse_ids")
   if sparse_weights is not None:
     sparse_weights = _as_sparse(sparse_weights, "sparse_weights")
   static_batch = sparse_ids.shape[:-1]
-  with tf.name_scope(name or "multihash_safe_embedding_lookup_sparse"):
+  with tf.name_scope(name):
     original_shape = sparse_ids.dense_shape
     batch_shape = original_shape[:-1]
     flat_shape = tf.stack([tf.reduce_prod(batch_shape), original_shape[-1]])
     sparse_ids = tf.sparse.reshape(sparse_ids, flat_shape)
-    keep = sparse_ids.values >= 0
+    keep = (sparse_ids.values >= 0 if prune_ids
+            else tf.ones_like(sparse_ids.values, dtype=tf.bool))
     if sparse_weights is not None:
       sparse_weights = tf.sparse.reshape(sparse_weights, flat_shape)
       keep = tf.logical_and(keep, sparse_weights.values > 0)
       sparse_weights = tf.sparse.retain(sparse_weights, keep)
     sparse_ids = tf.sparse.retain(sparse_ids, keep)
-    result = embedding_lookup_sparse(embedding_weights, sparse_ids,
+    result = embedding_lookup_sparse(params, sparse_ids,
                                      sparse_weights, combiner=combiner,
                                      max_norm=max_norm)
     if default_id is not None:
@@ -161,13 +176,13 @@ def safe_embedding_lookup_sparse(embedding_weights, sparse_ids,
           tf.ones_like(sparse_ids.values, dtype=tf.int32),
           sparse_ids.indices[:, 0], flat_shape[0])
       default = embedding_lookup(
-          embedding_weights,
+          params,
           tf.constant(default_id, dtype=sparse_ids.values.dtype),
           max_norm=max_norm)
       result = tf.where(tf.expand_dims(counts > 0, -1), result,
                         tf.broadcast_to(default, tf.shape(result)))
     out_shape = tf.concat(
-        [batch_shape, [embedding_weights.embedding_dim]], axis=0)
+        [batch_shape, [params.embedding_dim]], axis=0)
     result = tf.reshape(result, out_shape)
-    result.set_shape(static_batch.concatenate([embedding_weights.embedding_dim]))
+    result.set_shape(static_batch.concatenate([params.embedding_dim]))
     return result

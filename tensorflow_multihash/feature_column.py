@@ -233,10 +233,12 @@ class MultiHashEmbeddingColumn(
     params = MultiHashVariable(
         self.name, self._dims, 2, column.complementary_strategy,
         column.operation, tf.float32, tables)
-    return embedding_ops.safe_embedding_lookup_sparse(
+    # A negative id is an error, as for the variable's lookups (dense
+    # inputs' -1 padding was already dropped by the categorical column).
+    return embedding_ops.pooled_lookup(
         params, sparse_tensors.id_tensor, sparse_tensors.weight_tensor,
-        combiner=self.combiner, max_norm=self.max_norm,
-        name="%s_weights" % self.name)
+        combiner=self.combiner, default_id=None, max_norm=self.max_norm,
+        prune_ids=False, name="%s_weights" % self.name)
 
   def get_dense_tensor(self, transformation_cache, state_manager):
     sparse_tensors = self.categorical_column.get_sparse_tensors(

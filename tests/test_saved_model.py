@@ -1,4 +1,8 @@
-"""SavedModel export and serving in a fresh process (SPEC 5)."""
+"""SavedModel export and serving in a fresh process (SPEC 5): an untrained
+tf.Module (concat), a TF1 Builder export (mul), and a trained tf.Module and
+a trained Keras 3 model (mh_serving.py), each loaded in this process and in
+fresh ones with the package, with only tf.load_op_library, and without the
+library (an error naming MultiHashLookup)."""
 import json
 import os
 import subprocess
@@ -16,6 +20,7 @@ from mh_apiutil import (  # noqa: F401  (tfmh is a fixture)
     table_arrays,
     tfmh,
 )
+import mh_serving
 
 v1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,10 +62,14 @@ def exported(tfmh, tmp_path_factory):
                 sess, [v1.saved_model.tag_constants.SERVING],
                 signature_def_map={"serving_default": sig})
             builder.save()
+    assert IDS == mh_serving.IDS
+    trained, keras_path = str(base / "trained"), str(base / "keras")
     return dict(
-        tf2=path2, tf1=path1,
+        tf2=path2, tf1=path1, trained=trained, keras=keras_path,
         want2=np_lookup(arrays2, np.array(IDS), "concat"),
         want1=np_lookup(arrays1, np.array(IDS), "mul"),
+        want_trained=mh_serving.export_trained_module(tfmh, trained),
+        want_keras=mh_serving.export_trained_keras(tfmh, keras_path),
     )
 
 
@@ -70,6 +79,17 @@ def test_load_in_process(exported):
     np.testing.assert_allclose(got.numpy(), exported["want2"], **TOL)
     got = loaded.serve(tf.constant(IDS, tf.int64))["emb"]
     np.testing.assert_allclose(got.numpy(), exported["want2"], **TOL)
+
+
+def test_trained_module_and_keras_load_in_process(exported):
+    ids = tf.constant(IDS, tf.int64)
+    m = tf.saved_model.load(exported["trained"])
+    np.testing.assert_allclose(m.signatures["serving_default"](ids)["emb"].numpy(),
+                               exported["want_trained"], **TOL)
+    k = tf.saved_model.load(exported["keras"])
+    np.testing.assert_allclose(k.serve(ids).numpy(), exported["want_keras"], **TOL)
+    np.testing.assert_allclose(k.signatures["serving_default"](ids=ids)["output_0"].numpy(),
+                               exported["want_keras"], **TOL)
 
 
 def test_tf1_builder_load_in_process(exported):
@@ -89,6 +109,11 @@ SERVE = textwrap.dedent('''\
     m = tf.saved_model.load(sys.argv[1])
     out["tf2"] = m.signatures["serving_default"](
         tf.constant({ids}, tf.int64))["emb"].numpy().tolist()
+    m = tf.saved_model.load(sys.argv[3])
+    out["trained"] = m.signatures["serving_default"](
+        ids=tf.constant({ids}, tf.int64))["emb"].numpy().tolist()
+    k = tf.saved_model.load(sys.argv[4])
+    out["keras"] = k.serve(tf.constant({ids}, tf.int64)).numpy().tolist()
     with tf.Graph().as_default():
         with tf.compat.v1.Session() as sess:
             tf.compat.v1.saved_model.loader.load(sess, ["serve"], sys.argv[2])
@@ -101,7 +126,8 @@ def _run(prelude, exported):
     code = SERVE.format(prelude=prelude, ids=IDS)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, "-c", code, exported["tf2"], exported["tf1"]],
+    return subprocess.run([sys.executable, "-c", code, exported["tf2"], exported["tf1"],
+                           exported["trained"], exported["keras"]],
                           cwd="/", env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -111,6 +137,8 @@ def _check(p, exported):
     out = json.loads(line[len("RESULT "):])
     np.testing.assert_allclose(out["tf2"], exported["want2"], **TOL)
     np.testing.assert_allclose(out["tf1"], exported["want1"], **TOL)
+    np.testing.assert_allclose(out["trained"], exported["want_trained"], **TOL)
+    np.testing.assert_allclose(out["keras"], exported["want_keras"], **TOL)
 
 
 def test_fresh_process_with_package(exported):
@@ -130,3 +158,33 @@ def test_fresh_process_without_library_names_op(exported):
     p = _run("", exported)
     assert p.returncode != 0, p.stdout
     assert "MultiHashLookup" in p.stderr, p.stderr[-4000:]
+
+
+def test_without_library_each_export_names_op(exported):
+    """Every export kind (not only the first one loaded) needs the library:
+    one fresh process tries each and prints what it raised."""
+    code = textwrap.dedent('''\
+        import json, sys
+        import tensorflow as tf
+        out = {}
+        for which, path in zip(["trained", "keras", "tf1"], sys.argv[1:]):
+            try:
+                if which == "tf1":
+                    with tf.Graph().as_default(), tf.compat.v1.Session() as s:
+                        tf.compat.v1.saved_model.loader.load(s, ["serve"], path)
+                else:
+                    tf.saved_model.load(path)
+                out[which] = "loaded"
+            except Exception as e:
+                out[which] = "%s: %s" % (type(e).__name__, e)
+        print("RESULT " + json.dumps(out))
+        ''')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("PYTHONPATH", None)
+    p = subprocess.run([sys.executable, "-c", code, exported["trained"], exported["keras"],
+                        exported["tf1"]], cwd="/", env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-4000:]
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    for which, message in json.loads(line[len("RESULT "):]).items():
+        assert "MultiHashLookup" in message, (which, message)
