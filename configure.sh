@@ -2,13 +2,14 @@
 # Sets up everything needed to build and use tensorflow_multihash, then builds
 # the op library and copies it into the Python package:
 #   1. Bazel (Debian's bazel-bootstrap 4.2.3 + its rules), if missing;
-#   2. a Python with tensorflow 2.21, numpy, pytest, tf_keras: $PYTHON_BIN_PATH if
+#   2. a Python with tensorflow 2.21, numpy, pytest, tf_keras, setuptools, wheel: $PYTHON_BIN_PATH if
 #      set, else .venv/ at the repo root (created if missing); a .pth file in
 #      a virtual environment's site-packages puts the repo root on sys.path;
 #   3. .bazelrc (git-ignored) with the TensorFlow flags from tf.sysconfig, the
 #      local CUDA toolkit ($CUDA_HOME, else nvcc on PATH; none: CPU only) and
 #      the overrides that keep the build offline;
-#   4. bazel build //:all, then copies bazel-bin/_multihash_ops.so to
+#   4. bazel build //:all //examples/serving:all (the op library and the C
+#      serving clients), then copies bazel-bin/_multihash_ops.so to
 #      tensorflow_multihash/_multihash_ops.so
 # Idempotent: installs only what is missing; rerun after changing Python or
 # CUDA.
@@ -93,6 +94,10 @@ missing_py=()
 "$PYTHON" -c "import pytest" >/dev/null 2>&1 || missing_py+=(pytest)
 # For the tests of the feature columns with tf_keras.layers.DenseFeatures.
 "$PYTHON" -c "import tf_keras" >/dev/null 2>&1 || missing_py+=("tf_keras==2.21.*")
+# For ./build_wheel.sh (pip wheel --no-build-isolation) and its test.
+"$PYTHON" -c "import setuptools" >/dev/null 2>&1 || missing_py+=(setuptools)
+"$PYTHON" -c "import setuptools.command.bdist_wheel" >/dev/null 2>&1 ||
+  "$PYTHON" -c "import wheel.bdist_wheel" >/dev/null 2>&1 || missing_py+=(wheel)
 if [ "${#missing_py[@]}" -gt 0 ]; then
   log "pip install ${missing_py[*]}"
   "$PYTHON" -m pip install -q "${missing_py[@]}"
@@ -201,8 +206,8 @@ if [ "$BUILD" != 1 ]; then
 fi
 
 # ------------------------------------------------------------------- build
-log "bazel build //:all"
-bazel build //:all
+log "bazel build //:all //examples/serving:all"
+bazel build //:all //examples/serving:all
 install -m 0755 bazel-bin/_multihash_ops.so tensorflow_multihash/_multihash_ops.so
 
 echo

@@ -68,7 +68,8 @@ def load():
     warnings.warn(
         f"tensorflow_multihash: the op library {LIBRARY_PATH} was built "
         f"against TensorFlow {info[0]} but TensorFlow {tf.__version__} is "
-        "running; rebuild it with ./configure.sh if ops fail", RuntimeWarning)
+        "running; rebuild it (./configure.sh, or ./build_wheel.sh for a wheel) "
+        "against the running TensorFlow if ops fail", RuntimeWarning)
   _module, _build_info = module, info
   return module
 
