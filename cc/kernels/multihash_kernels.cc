@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "cc/kernels/multihash_kernel_base.h"
@@ -42,6 +43,85 @@ template <>
 struct Accumulator<double> {
   using type = double;
 };
+
+
+// Element-wise row loops. The build's -O2 does not vectorise loops of
+// unknown trip count, so float gets explicit 4-wide vectors (GCC/Clang
+// vector extensions, SSE2 on x86-64): per-lane IEEE mul/add, the same
+// operations in the same order as the scalar loops, so the same bits.
+typedef float V4f __attribute__((vector_size(16)));
+inline V4f LoadV4(const float* p) {
+  V4f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void StoreV4(float* p, V4f v) { std::memcpy(p, &v, sizeof(v)); }
+
+// out[c] = a[c] * b[c] (kMul) or a[c] + b[c] (kAdd), in Acc.
+template <typename T, bool kMulOp>
+inline void CombineRows(const T* __restrict a, const T* __restrict b, int w,
+                        T* __restrict out) {
+  using Acc = typename Accumulator<T>::type;
+  for (int c = 0; c < w; ++c) {
+    const Acc x = static_cast<Acc>(a[c]), y = static_cast<Acc>(b[c]);
+    out[c] = static_cast<T>(kMulOp ? x * y : x + y);
+  }
+}
+template <>
+inline void CombineRows<float, true>(const float* __restrict a,
+                                     const float* __restrict b, int w,
+                                     float* __restrict out) {
+  int c = 0;
+  for (; c + 8 <= w; c += 8) {
+    StoreV4(out + c, LoadV4(a + c) * LoadV4(b + c));
+    StoreV4(out + c + 4, LoadV4(a + c + 4) * LoadV4(b + c + 4));
+  }
+  for (; c < w; ++c) out[c] = a[c] * b[c];
+}
+template <>
+inline void CombineRows<float, false>(const float* __restrict a,
+                                      const float* __restrict b, int w,
+                                      float* __restrict out) {
+  int c = 0;
+  for (; c + 8 <= w; c += 8) {
+    StoreV4(out + c, LoadV4(a + c) + LoadV4(b + c));
+    StoreV4(out + c + 4, LoadV4(a + c + 4) + LoadV4(b + c + 4));
+  }
+  for (; c < w; ++c) out[c] = a[c] + b[c];
+}
+
+// acc[c] += g[c] (o == nullptr) or acc[c] += g[c] * o[c], in Acc.
+template <typename T, typename Acc>
+inline void AccumulateRow(Acc* __restrict acc, const T* __restrict g,
+                          const T* __restrict o, int w) {
+  if (o == nullptr) {
+    for (int c = 0; c < w; ++c) acc[c] += static_cast<Acc>(g[c]);
+  } else {
+    for (int c = 0; c < w; ++c) {
+      acc[c] += static_cast<Acc>(g[c]) * static_cast<Acc>(o[c]);
+    }
+  }
+}
+template <>
+inline void AccumulateRow<float, float>(float* __restrict acc,
+                                        const float* __restrict g,
+                                        const float* __restrict o, int w) {
+  int c = 0;
+  if (o == nullptr) {
+    for (; c + 8 <= w; c += 8) {
+      StoreV4(acc + c, LoadV4(acc + c) + LoadV4(g + c));
+      StoreV4(acc + c + 4, LoadV4(acc + c + 4) + LoadV4(g + c + 4));
+    }
+    for (; c < w; ++c) acc[c] += g[c];
+  } else {
+    for (; c + 8 <= w; c += 8) {
+      StoreV4(acc + c, LoadV4(acc + c) + LoadV4(g + c) * LoadV4(o + c));
+      StoreV4(acc + c + 4,
+              LoadV4(acc + c + 4) + LoadV4(g + c + 4) * LoadV4(o + c + 4));
+    }
+    for (; c < w; ++c) acc[c] += g[c] * o[c];
+  }
+}
 
 // Address of an in-range id's row of table j.
 template <typename T>
@@ -86,9 +166,84 @@ void ComposeRow(const tfmh::Layout& l, const T* const* rows, T* out) {
   }
 }
 
+
+inline bool SingleShardTables(const tfmh::Layout& l) {
+  for (int j = 0; j < l.num_tables; ++j) {
+    if (l.shard_begin[j + 1] - l.shard_begin[j] != 1) return false;
+  }
+  return true;
+}
+
+// One output row of a k = 2 lookup. Plain element-wise loops over restrict
+// pointers, so they vectorise; float and double combine in themselves and
+// half types in float, as ComposeRow does (same operations, same order:
+// bit-identical).
+template <typename T, tfmh::Combine kOp>
+inline void ComposeRow2(const T* __restrict a, const T* __restrict b, int wa,
+                        int wb, T* __restrict out) {
+  if (kOp == tfmh::Combine::kConcat) {
+    std::memcpy(out, a, wa * sizeof(T));
+    std::memcpy(out + wa, b, wb * sizeof(T));
+  } else {
+    CombineRows<T, kOp == tfmh::Combine::kMul>(a, b, wa, out);
+  }
+}
+
+// The k = 2, one-shard-per-table Q-R forward: ids are split a block at a
+// time, the rows of the ids a few positions ahead are prefetched, and every
+// output row is written once.
+template <typename T, typename Index, tfmh::Combine kOp>
+void Lookup2Cpu(const tfmh::Layout& l, const tfmh::QRSplit& qr, const T* tq,
+                const T* tr, const Index* ids, int64_t begin, int64_t end,
+                T* out) {
+  constexpr int kBlock = 64;
+  constexpr int kAhead = 4;
+  const int wa = l.width[0], wb = l.width[1], wo = l.out_width;
+  int64_t q[kBlock], r[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int len = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
+    for (int k = 0; k < len; ++k) {
+      qr.Split(static_cast<int64_t>(ids[b0 + k]), &q[k], &r[k]);
+    }
+    for (int k = 0; k < len; ++k) {
+      if (k + kAhead < len) {
+        __builtin_prefetch(tq + q[k + kAhead] * wa);
+        __builtin_prefetch(tr + r[k + kAhead] * wb);
+      }
+      ComposeRow2<T, kOp>(tq + q[k] * wa, tr + r[k] * wb, wa, wb,
+                          out + (b0 + k) * wo);
+    }
+  }
+}
+
 template <typename T, typename Index>
 void LookupCpu(OpKernelContext* ctx, const tfmh::Layout& l,
                const T* const* shards, const Index* ids, int64_t n, T* out) {
+  const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
+  const tfmh::QRSplit qr(l);
+  if (qr.ok && SingleShardTables(l)) {
+    auto work2 = [&](int64_t begin, int64_t end) {
+      switch (l.combine) {
+        case tfmh::Combine::kMul:
+          Lookup2Cpu<T, Index, tfmh::Combine::kMul>(l, qr, shards[0],
+                                                    shards[1], ids, begin,
+                                                    end, out);
+          break;
+        case tfmh::Combine::kAdd:
+          Lookup2Cpu<T, Index, tfmh::Combine::kAdd>(l, qr, shards[0],
+                                                    shards[1], ids, begin,
+                                                    end, out);
+          break;
+        default:
+          Lookup2Cpu<T, Index, tfmh::Combine::kConcat>(l, qr, shards[0],
+                                                       shards[1], ids, begin,
+                                                       end, out);
+      }
+    };
+    Shard(workers.num_threads, workers.workers, n,
+          /*cost_per_unit=*/2 * l.out_width * sizeof(T) + 20, work2);
+    return;
+  }
   auto work = [&](int64_t begin, int64_t end) {
     const T* rows[tfmh::kMaxTables];
     for (int64_t i = begin; i < end; ++i) {
@@ -98,7 +253,6 @@ void LookupCpu(OpKernelContext* ctx, const tfmh::Layout& l,
       ComposeRow(l, rows, out + i * l.out_width);
     }
   };
-  const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
   Shard(workers.num_threads, workers.workers, n,
         /*cost_per_unit=*/4 * l.out_width * (l.num_tables + 1), work);
 }
@@ -192,6 +346,107 @@ void SumRowGrads(OpKernelContext* ctx, const tfmh::Layout& l,
         /*cost_per_unit=*/(per_row + 1) * width * (l.num_tables + 1), work);
 }
 
+
+// Row of every id in every table: rows[j * n + i] == tfmh::TableRow(l, j,
+// ids[i]), computed once, in parallel.
+template <typename Index>
+void ComputeRows(OpKernelContext* ctx, const tfmh::Layout& l, const Index* ids,
+                 int64_t n, int64_t* rows) {
+  const tfmh::QRSplit qr(l);
+  auto work = [&](int64_t begin, int64_t end) {
+    if (qr.ok) {
+      for (int64_t i = begin; i < end; ++i) {
+        qr.Split(static_cast<int64_t>(ids[i]), &rows[i], &rows[n + i]);
+      }
+      return;
+    }
+    for (int j = 0; j < l.num_tables; ++j) {
+      for (int64_t i = begin; i < end; ++i) {
+        rows[j * n + i] = tfmh::TableRow(l, j, static_cast<int64_t>(ids[i]));
+      }
+    }
+  };
+  const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
+  Shard(workers.num_threads, workers.workers, n,
+        /*cost_per_unit=*/10 * l.num_tables, work);
+}
+
+// Address of logical row `row` of table t.
+template <typename T>
+inline const T* TableRowPtr(const tfmh::Layout& l, const T* const* shards,
+                            int t, int64_t row) {
+  const int s = (l.shard_begin[t + 1] - l.shard_begin[t] == 1)
+                    ? l.shard_begin[t]
+                    : tfmh::ShardOf(l, t, row);
+  return shards[s] + (row - l.shard_row[s]) * l.width[t];
+}
+
+// Dense-slot gradient of table j, for tables with few rows relative to the
+// number of ids. slot[row] numbers the touched rows in ascending row order;
+// acc ([num_unique, width], zeroed) receives, for every unique row, the sum
+// over the ids that touch it, in increasing id position, of grad_i (times
+// the product of the other tables' rows for mul): the same operations in the
+// same order as SumRowGrads, so the same bits. The slots are split into
+// blocks of about equal id counts, one per thread; each block scans the ids
+// in order and reads only its own ids' gradient rows, so no grad row is read
+// twice for a table and nothing is serial but the O(n + rows) numbering.
+template <typename T>
+void SumRowGradsDense(OpKernelContext* ctx, const tfmh::Layout& l,
+                      const T* const* shards, int j, const int64_t* rows,
+                      int64_t n, const int64_t* slot, const int64_t* counts,
+                      int64_t num_unique, const T* grad,
+                      typename Accumulator<T>::type* acc) {
+  using Acc = typename Accumulator<T>::type;
+  const int width = l.width[j];
+  const int64_t* rj = rows + j * n;
+  const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
+  const int num_blocks = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(num_unique,
+                           n * width < 32768 ? 1 : 2 * workers.num_threads)));
+  // Block b holds slots [bound[b], bound[b + 1]).
+  std::vector<int64_t> bound(num_blocks + 1, num_unique);
+  bound[0] = 0;
+  {
+    int b = 1;
+    int64_t seen = 0;
+    for (int64_t u = 0; u < num_unique && b < num_blocks; ++u) {
+      seen += counts[u];
+      if (seen * num_blocks >= n * b) bound[b++] = u + 1;
+    }
+  }
+  const bool mul = l.combine == tfmh::Combine::kMul;
+  const int col = l.col_offset[j];
+  auto work = [&](int64_t b_begin, int64_t b_end) {
+    const int64_t s0 = bound[b_begin], s1 = bound[b_end];
+    if (s0 >= s1) return;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t u = slot[rj[i]];
+      if (u < s0 || u >= s1) continue;
+      Acc* a = acc + u * width;
+      const T* g = grad + i * l.out_width + col;
+      if (!mul) {
+        AccumulateRow<T, Acc>(a, g, nullptr, width);
+      } else if (l.num_tables == 2) {
+        AccumulateRow<T, Acc>(
+            a, g, TableRowPtr(l, shards, 1 - j, rows[(1 - j) * n + i]),
+            width);
+      } else {
+        const T* others[tfmh::kMaxTables];
+        for (int t = 0; t < l.num_tables; ++t) {
+          others[t] = TableRowPtr(l, shards, t, rows[t * n + i]);
+        }
+        for (int c = 0; c < width; ++c) {
+          const Acc partial = tfmh::CombinePartial<Acc>(
+              l.combine, l.num_tables, j,
+              [&](int t) { return static_cast<Acc>(others[t][c]); });
+          a[c] += static_cast<Acc>(g[c]) * partial;
+        }
+      }
+    }
+  };
+  Shard(workers.num_threads, workers.workers, num_blocks,
+        /*cost_per_unit=*/1 << 20, work);
+}
 }  // namespace
 
 template <typename T, typename Index>
@@ -232,8 +487,16 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
     const std::vector<const T*> data = tables.Data<T>();
     const Index* id_data = ids.flat<Index>().data();
     const int64_t n = ids.NumElements();
+    std::vector<int64_t> rows(static_cast<size_t>(l.num_tables) * n);
+    ComputeRows(ctx, l, id_data, n, rows.data());
+    const T* grad_data = grad.flat<T>().data();
     RowGroups groups;
     for (int j = 0; j < l.num_tables; ++j) {
+      if (l.rows[j] <= 4 * n + 4096) {
+        OP_REQUIRES_OK(ctx, DenseTableGrad(ctx, l, data.data(), j,
+                                           rows.data(), n, grad_data));
+        continue;
+      }
       GroupRows(l, j, id_data, n, &groups);
       // Unique rows are ascending and shards are ascending row blocks, so
       // each shard's rows form one run of the unique rows.
@@ -266,6 +529,80 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
         u_begin = u_end;
       }
     }
+  }
+
+ private:
+  // Table j's outputs by dense slots (see SumRowGradsDense).
+  absl::Status DenseTableGrad(OpKernelContext* ctx, const tfmh::Layout& l,
+                              const T* const* shards, int j,
+                              const int64_t* rows, int64_t n,
+                              const T* grad) {
+    using Acc = typename Accumulator<T>::type;
+    const int num_shards = l.shard_begin[l.num_tables];
+    const int width = l.width[j];
+    const int64_t* rj = rows + j * n;
+    std::vector<int64_t> slot(l.rows[j], 0);
+    for (int64_t i = 0; i < n; ++i) ++slot[rj[i]];
+    std::vector<int64_t> unique_rows, counts;
+    for (int64_t r = 0; r < l.rows[j]; ++r) {
+      if (slot[r] > 0) {
+        counts.push_back(slot[r]);
+        slot[r] = static_cast<int64_t>(unique_rows.size());
+        unique_rows.push_back(r);
+      }
+    }
+    const int64_t num_unique = static_cast<int64_t>(unique_rows.size());
+    const bool single = l.shard_begin[j + 1] - l.shard_begin[j] == 1;
+    const bool direct = single && std::is_same<Acc, T>::value;
+    std::vector<Acc> buffer;
+    Acc* acc = nullptr;
+    Tensor* direct_values = nullptr;
+    if (direct) {
+      const int s = l.shard_begin[j];
+      Tensor* indices = nullptr;
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_output(s, TensorShape({num_unique}), &indices));
+      TF_RETURN_IF_ERROR(ctx->allocate_output(
+          num_shards + s, TensorShape({num_unique, width}), &direct_values));
+      auto idx = indices->flat<Index>();
+      for (int64_t u = 0; u < num_unique; ++u) {
+        idx(u) = static_cast<Index>(unique_rows[u]);
+      }
+      acc = reinterpret_cast<Acc*>(direct_values->flat<T>().data());
+      std::fill(acc, acc + num_unique * width, Acc(0));
+    } else {
+      buffer.assign(num_unique * width, Acc(0));
+      acc = buffer.data();
+    }
+    if (num_unique > 0) {
+      SumRowGradsDense<T>(ctx, l, shards, j, rows, n, slot.data(),
+                          counts.data(), num_unique, grad, acc);
+    }
+    if (direct) return absl::OkStatus();
+    int64_t u_begin = 0;
+    for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
+      const int64_t row_end = l.shard_row[s] + tfmh::ShardRows(l, j, s);
+      const int64_t u_end =
+          std::lower_bound(unique_rows.begin(), unique_rows.end(), row_end) -
+          unique_rows.begin();
+      const int64_t count = u_end - u_begin;
+      Tensor* indices = nullptr;
+      Tensor* values = nullptr;
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_output(s, TensorShape({count}), &indices));
+      TF_RETURN_IF_ERROR(ctx->allocate_output(
+          num_shards + s, TensorShape({count, width}), &values));
+      auto idx = indices->flat<Index>();
+      T* out = values->flat<T>().data();
+      for (int64_t u = u_begin; u < u_end; ++u) {
+        idx(u - u_begin) = static_cast<Index>(unique_rows[u] - l.shard_row[s]);
+      }
+      for (int64_t e = 0; e < count * width; ++e) {
+        out[e] = static_cast<T>(acc[u_begin * width + e]);
+      }
+      u_begin = u_end;
+    }
+    return absl::OkStatus();
   }
 };
 

@@ -109,6 +109,50 @@ TFMH_HOST_DEVICE RowRef Locate(const Layout& l, int j, int64_t id) {
   return RowRef{s, row - l.shard_row[s]};
 }
 
+// Host-side fast path of TableRow for the k = 2 Q-R layout, used by the CPU
+// kernels (the CUDA kernels use TableRow itself): both rows of an id from one
+// division, exact and bit-identical to TableRow.
+//
+// Division by a run-time constant d in [2, 2^32) of any n in [0, 2^32) by one
+// 64x64->128 multiply (Lemire, Kaser, Kurz 2019: M = ceil(2^64 / d) makes
+// floor(M * n / 2^64) == n / d exactly for every 32-bit n).
+struct FastDiv32 {
+  uint64_t m = 0;
+  explicit FastDiv32(uint32_t d) : m(UINT64_C(0xFFFFFFFFFFFFFFFF) / d + 1) {}
+  inline uint32_t Div(uint32_t n) const {
+    return static_cast<uint32_t>(
+        (static_cast<unsigned __int128>(m) * n) >> 64);
+  }
+};
+
+// The k = 2 Q-R mapping (divisor[0] = rows[1], divisor[1] = 1), computed
+// with one division per id: q = id / rows_R, r = id - q * rows_R. Since an
+// in-range id is < rows_Q * rows_R, q < rows_Q and the "% rows_Q" of
+// TableRow is the identity, so q and r equal TableRow(l, 0 / 1, id).
+struct QRSplit {
+  bool ok = false;      // the layout is a k = 2 Q-R layout
+  bool fast32 = false;  // capacity <= 2^32 and rows_R >= 2: FastDiv32
+  int64_t rows_r = 1;
+  FastDiv32 div{2};
+  explicit QRSplit(const Layout& l) {
+    ok = l.num_tables == 2 && l.divisor[1] == 1 && l.divisor[0] == l.rows[1];
+    rows_r = l.rows[1];
+    fast32 = ok && rows_r >= 2 && l.capacity <= (int64_t{1} << 32) &&
+             rows_r < (int64_t{1} << 32);
+    if (fast32) div = FastDiv32(static_cast<uint32_t>(rows_r));
+  }
+  inline void Split(int64_t id, int64_t* q, int64_t* r) const {
+    if (fast32) {
+      const uint32_t qq = div.Div(static_cast<uint32_t>(id));
+      *q = qq;
+      *r = id - static_cast<int64_t>(qq) * rows_r;
+    } else {
+      *q = id / rows_r;
+      *r = id - *q * rows_r;
+    }
+  }
+};
+
 // The combine step, one element at a time. For add and mul the output
 // element c is Combine(row_0[c], ..., row_{k-1}[c]); for concat table j's
 // element c goes to output column col_offset[j] + c unchanged.
