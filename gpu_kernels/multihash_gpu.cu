@@ -221,6 +221,53 @@ __device__ __forceinline__ int64_t IdAt(const void* ids, bool ids64,
                : static_cast<int64_t>(__ldg(static_cast<const int*>(ids) + i));
 }
 
+// The tile walk shared by LookupKernel and MulPartialKernel. Each lane owns
+// one id of the warp's 32-id tile: LaneRowAddrs computes that id's k row
+// addresses (zeros when the id is out of range or past n) and says whether
+// it is in range.
+template <typename T, int KMAX>
+__device__ __forceinline__ bool LaneRowAddrs(const Layout& l,
+                                             const ShardPointers& sp,
+                                             int64_t i, int64_t n, int64_t id,
+                                             unsigned long long (&mine)[KMAX]) {
+  const bool ok = i < n && IdInRange(l, id);
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) {
+    mine[j] = (ok && j < l.num_tables) ? RowAddr<T>(l, sp, j, id) : 0ull;
+  }
+  return ok;
+}
+
+// Steps s0 .. s0 + U - 1 of a group's walk over the tile: the tile slot of
+// each step's id, whether the slot holds an id (< n), whether that id is in
+// range, and its row addresses, taken by shuffle from the owning lane. All
+// lanes of the warp must call it.
+template <int U, int KMAX>
+struct TileBatch {
+  unsigned long long a[U][KMAX];
+  int q[U];
+  bool valid[U];
+  bool good[U];
+};
+
+template <int U, int KMAX>
+__device__ __forceinline__ void ShareTileBatch(
+    int s0, int per_step, int gid, int cnt, unsigned ok_mask, int k,
+    const unsigned long long (&mine)[KMAX], TileBatch<U, KMAX>* b) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= G
+    b->q[u] = slot & 31;
+    b->valid[u] = slot < cnt;
+    b->good[u] = b->valid[u] && ((ok_mask >> b->q[u]) & 1u) != 0;
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) {
+      b->a[u][j] = 0ull;
+      if (j < k) b->a[u][j] = __shfl_sync(0xffffffffu, mine[j], b->q[u]);
+    }
+  }
+}
+
 // Forward. A warp takes a tile of 32 consecutive ids: lane L loads id
 // base + L (one coalesced load, prefetched one tile ahead) and computes the
 // k row addresses of that id alone, so the id -> row arithmetic runs once per
@@ -263,16 +310,9 @@ __global__ void __launch_bounds__(kBlock)
     const int64_t i = base + lane;
     const int64_t id = next_id;
     if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
-    const bool ok = i < n && IdInRange(l, id);
     unsigned long long mine[KMAX];
-#pragma unroll
-    for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
-    if (ok) {
-#pragma unroll
-      for (int j = 0; j < KMAX; ++j) {
-        if (j < k) mine[j] = RowAddr<T>(l, sp, j, id);
-      }
-    } else if (i < n && first_bad != nullptr) {
+    const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
+    if (!ok && i < n && first_bad != nullptr) {
       atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
                 static_cast<unsigned long long>(i));
     }
@@ -280,22 +320,13 @@ __global__ void __launch_bounds__(kBlock)
     const int cnt = static_cast<int>(min(int64_t{32}, n - base));
 
     for (int s0 = 0; s0 < G; s0 += U) {
-      unsigned long long a[U][KMAX];
-      int q[U];         // tile slot of the id of step s0 + u
-      bool valid[U];    // the slot holds an id (< n)
-      bool good[U];     // ... and that id is in range
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= G
-        q[u] = slot & 31;
-        valid[u] = slot < cnt;
-        good[u] = valid[u] && ((ok_mask >> q[u]) & 1u) != 0;
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) {
-          a[u][j] = 0ull;
-          if (j < k) a[u][j] = __shfl_sync(kFull, mine[j], q[u]);
-        }
-      }
+      TileBatch<U, KMAX> batch;
+      ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine,
+                              &batch);
+      const auto& a = batch.a;
+      const auto& q = batch.q;
+      const auto& valid = batch.valid;
+      const auto& good = batch.good;
       if (op != Combine::kConcat) {
         for (int v = glane; v < nv_out; v += G) {
           const int64_t off = static_cast<int64_t>(v) * V;
@@ -538,36 +569,19 @@ __global__ void __launch_bounds__(kBlock)
     const int64_t i = base + lane;
     const int64_t id = next_id;
     if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
-    const bool ok = i < n && IdInRange(l, id);
     unsigned long long mine[KMAX];
-#pragma unroll
-    for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
-    if (ok) {
-#pragma unroll
-      for (int j = 0; j < KMAX; ++j) {
-        if (j < k) mine[j] = RowAddr<T>(l, sp, j, id);
-      }
-    }
+    const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
     const unsigned ok_mask = __ballot_sync(kFull, ok);
     const int cnt = static_cast<int>(min(int64_t{32}, n - base));
 
     for (int s0 = 0; s0 < G; s0 += U) {
-      unsigned long long a[U][KMAX];
-      int q[U];
-      bool valid[U];
-      bool good[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= G
-        q[u] = slot & 31;
-        valid[u] = slot < cnt;
-        good[u] = valid[u] && ((ok_mask >> q[u]) & 1u) != 0;
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) {
-          a[u][j] = 0ull;
-          if (j < k) a[u][j] = __shfl_sync(kFull, mine[j], q[u]);
-        }
-      }
+      TileBatch<U, KMAX> batch;
+      ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine,
+                              &batch);
+      const auto& a = batch.a;
+      const auto& q = batch.q;
+      const auto& valid = batch.valid;
+      const auto& good = batch.good;
       for (int v = glane; v < nv; v += G) {
         const int64_t off = static_cast<int64_t>(v) * V;
         P gv[U];
