@@ -463,9 +463,8 @@ __device__ __forceinline__ RunRef DecodeKey(const Layout& l,
   for (int jj = 1; jj < kMaxTables; ++jj) {
     if (jj < l.num_tables && key >= ko.off[jj]) j = jj;
   }
-  const int64_t row = static_cast<int64_t>(key - ko.off[j]);
-  const int s = ShardOf(l, j, row);
-  return RunRef{j, s, row - l.shard_row[s]};
+  const RowRef ref = LocateRow(l, j, static_cast<int64_t>(key - ko.off[j]));
+  return RunRef{j, ref.shard, ref.local_row};
 }
 
 template <typename Index, typename Key>

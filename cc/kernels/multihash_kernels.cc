@@ -123,12 +123,19 @@ inline void AccumulateRow<float, float>(float* __restrict acc,
   }
 }
 
+// Address of logical row `row` of table j.
+template <typename T>
+inline const T* TableRowPtr(const tfmh::Layout& l, const T* const* shards,
+                            int j, int64_t row) {
+  const tfmh::RowRef ref = tfmh::LocateRow(l, j, row);
+  return shards[ref.shard] + ref.local_row * l.width[j];
+}
+
 // Address of an in-range id's row of table j.
 template <typename T>
 inline const T* RowOf(const tfmh::Layout& l, const T* const* shards, int j,
                       int64_t id) {
-  const tfmh::RowRef ref = tfmh::Locate(l, j, id);
-  return shards[ref.shard] + ref.local_row * l.width[j];
+  return TableRowPtr(l, shards, j, tfmh::TableRow(l, j, id));
 }
 
 // Columns are combined in chunks through a small accumulator buffer, so the
@@ -369,16 +376,6 @@ void ComputeRows(OpKernelContext* ctx, const tfmh::Layout& l, const Index* ids,
   const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
   Shard(workers.num_threads, workers.workers, n,
         /*cost_per_unit=*/10 * l.num_tables, work);
-}
-
-// Address of logical row `row` of table t.
-template <typename T>
-inline const T* TableRowPtr(const tfmh::Layout& l, const T* const* shards,
-                            int t, int64_t row) {
-  const int s = (l.shard_begin[t + 1] - l.shard_begin[t] == 1)
-                    ? l.shard_begin[t]
-                    : tfmh::ShardOf(l, t, row);
-  return shards[s] + (row - l.shard_row[s]) * l.width[t];
 }
 
 // Dense-slot gradient of table j, for tables with few rows relative to the

@@ -103,10 +103,15 @@ struct RowRef {
   int64_t local_row;
 };
 
-TFMH_HOST_DEVICE RowRef Locate(const Layout& l, int j, int64_t id) {
-  const int64_t row = TableRow(l, j, id);
+// ... of logical row `row` of table j.
+TFMH_HOST_DEVICE RowRef LocateRow(const Layout& l, int j, int64_t row) {
   const int s = ShardOf(l, j, row);
   return RowRef{s, row - l.shard_row[s]};
+}
+
+// ... of an in-range id's row of table j.
+TFMH_HOST_DEVICE RowRef Locate(const Layout& l, int j, int64_t id) {
+  return LocateRow(l, j, TableRow(l, j, id));
 }
 
 // Host-side fast path of TableRow for the k = 2 Q-R layout, used by the CPU
