@@ -13,6 +13,7 @@ from tensorflow_multihash.embedding_ops import safe_embedding_lookup_sparse
 from tensorflow_multihash.feature_column import categorical_column_with_multihash
 from tensorflow_multihash.feature_column import embedding_column
 from tensorflow_multihash.multihash_ops import multihash_lookup
+from tensorflow_multihash.sizing import multihash_dims
 from tensorflow_multihash.variable import MultiHashVariable
 from tensorflow_multihash.variable import get_multihash_variable
 from tensorflow_multihash import deeprec_compat  # noqa: F401  (registers)
@@ -24,6 +25,7 @@ __all__ = [
     "embedding_lookup",
     "embedding_lookup_sparse",
     "get_multihash_variable",
+    "multihash_dims",
     "multihash_lookup",
     "multihash_ops",
     "safe_embedding_lookup_sparse",

@@ -29,7 +29,8 @@ def embedding_lookup(params, ids, max_norm=None, name=None):
 
   Args:
     params: a `MultiHashVariable`.
-    ids: int32 or int64 ids of any shape, each in [0, params.capacity).
+    ids: int32 or int64 ids of any shape, each in [0, params.capacity)
+      (any id if the variable was made with out_of_range="wrap").
     max_norm: if set, each embedding is clipped to this L2 norm.
     name: a name for the operation.
 
@@ -43,6 +44,8 @@ def embedding_lookup(params, ids, max_norm=None, name=None):
   """
   _check_params(params)
   with tf.name_scope(name or "multihash_embedding_lookup"):
+    if params.out_of_range == "wrap":
+      ids = multihash_ops.wrap_ids(ids, params.capacity)
     emb = multihash_ops.multihash_lookup(
         params.tables, ids, operation=params.operation,
         complementary_strategy=params.complementary_strategy)

@@ -1,9 +1,10 @@
 """Feature columns: `categorical_column_with_multihash` and its embedding
 column.
 
-The categorical column carries integer ids and the multi-hash layout; the
-embedding column owns the small tables (`embedding_weights_q`,
-`embedding_weights_r` in the column's variable scope) and looks bags of ids
+The categorical column carries integer ids (or strings hashed into the
+capacity) and the multi-hash layout; the embedding column owns the small
+tables (`embedding_weights_q`, `embedding_weights_r` in the column's variable
+scope for k = 2, `embedding_weights_0` ... otherwise) and looks bags of ids
 up through the fused op: every id's embedding is composed first, then the
 bag is pooled with the combiner and the weights of a
 `weighted_categorical_column`.
@@ -18,10 +19,16 @@ from tensorflow.python.feature_column import feature_column_v2 as fc2
 from tensorflow.python.feature_column import serialization
 
 from tensorflow_multihash import embedding_ops
+from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.variable import MultiHashVariable
 from tensorflow_multihash.variable import validate_config
 
-_TABLE_VARIABLES = ("embedding_weights_q", "embedding_weights_r")
+
+def _table_variables(num_tables):
+  """The embedding column's variable names: DeepRec's for k = 2."""
+  if num_tables == 2:
+    return ("embedding_weights_q", "embedding_weights_r")
+  return tuple("embedding_weights_%d" % j for j in range(num_tables))
 
 # pylint: disable=protected-access
 
@@ -33,8 +40,9 @@ class MultiHashCategoricalColumn(
     collections.namedtuple(
         "MultiHashCategoricalColumn",
         ("key", "dims", "complementary_strategy", "operation", "dtype",
-         "partition_num"))):
-  """Integer ids in [0, rows_Q * rows_R); see
+         "partition_num", "out_of_range", "hash_strings"),
+        defaults=("error", False))):
+  """Integer ids in [0, prod(dims)) (or strings hashed into that range); see
   `categorical_column_with_multihash`."""
 
   @property
@@ -54,13 +62,21 @@ class MultiHashCategoricalColumn(
     return self.parse_example_spec
 
   def _transform_input_tensor(self, input_tensor):
-    if not input_tensor.dtype.is_integer:
+    values = input_tensor.values
+    if self.hash_strings and values.dtype == tf.string:
+      # TensorFlow's own string hash (the one its hash-bucket column uses),
+      # straight into the capacity; integer ids are never hashed.
+      values = tf.strings.to_hash_bucket_fast(values, self.num_buckets)
+    elif not values.dtype.is_integer:
       raise ValueError(
           "categorical_column_with_multihash %r needs integer ids, got dtype "
-          "%s" % (self.key, input_tensor.dtype.name))
-    values = input_tensor.values
+          "%s%s" % (self.key, input_tensor.dtype.name,
+                    "; pass hash_strings=True to hash strings"
+                    if values.dtype == tf.string else ""))
     if values.dtype != tf.int64:
       values = tf.cast(values, tf.int64)
+    if self.out_of_range == "wrap":
+      values = multihash_ops.wrap_ids(values, self.num_buckets)
     return tf.SparseTensor(input_tensor.indices, values,
                            input_tensor.dense_shape)
 
@@ -75,7 +91,7 @@ class MultiHashCategoricalColumn(
 
   @property
   def num_buckets(self):
-    return self.dims[0] * self.dims[1]
+    return math.prod(self.dims)
 
   @property
   def _num_buckets(self):
@@ -110,46 +126,63 @@ class MultiHashCategoricalColumn(
 
 def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
                                       operation="concat", dtype=tf.int64,
-                                      partition_num=None):
+                                      partition_num=None, out_of_range="error",
+                                      hash_strings=False):
   """A categorical column of integer ids for a multi-hash embedding.
 
   Args:
     key: the feature's key.
-    dims: (rows_Q, rows_R): id x uses row x // rows_R of the Q table and
-      row x % rows_R of the R table; ids must lie in [0, rows_Q * rows_R).
-    complementary_strategy: "Q-R".
+    dims: the row count of each small table, (rows_Q, rows_R) for k = 2:
+      id x uses row x // rows_R of the Q table and row x % rows_R of the R
+      table; ids must lie in [0, prod(dims)). k > 2 entries need
+      "generalized-Q-R" or "CRT".
+    complementary_strategy: "Q-R" (k = 2), "generalized-Q-R" or "CRT" (see
+      `get_multihash_variable`).
     operation: "add", "mul" ("mult" too) or "concat", used by the embedding
       column.
-    dtype: the ids' integer dtype.
+    dtype: the ids' dtype: an integer dtype, or tf.string with
+      `hash_strings=True`.
     partition_num: if set, the embedding column splits each table into this
       many row blocks (`fixed_size_partitioner`).
+    out_of_range: "error" (an id outside [0, prod(dims)) fails) or "wrap"
+      (ids folded into the capacity by floor-mod).
+    hash_strings: if True, string ids are hashed into [0, prod(dims)) with
+      TensorFlow's string hash (`tf.strings.to_hash_bucket_fast`, as its
+      hash-bucket column does); integer ids are used as they are.
 
   Returns:
     A `MultiHashCategoricalColumn`.
 
   Raises:
-    ValueError: a bad key, dims, strategy, operation, dtype or
-      partition_num.
+    ValueError: a bad key, dims, strategy, operation, dtype, partition_num,
+      out_of_range or hash_strings.
   """
   if not isinstance(key, str) or not key:
     raise ValueError("key must be a non-empty string, got %r" % (key,))
-  if not isinstance(dims, (list, tuple)) or len(dims) != 2:
-    raise ValueError("dims must be a pair (rows_Q, rows_R), got %r" % (dims,))
-  pairs, operation = validate_config([[dims[0], 1], [dims[1], 1]], 2,
+  if not isinstance(dims, (list, tuple)) or len(dims) < 2:
+    raise ValueError("dims must be a pair (rows_Q, rows_R), or one row count "
+                     "per table, got %r" % (dims,))
+  pairs, operation = validate_config([[d, 1] for d in dims], len(dims),
                                      complementary_strategy, operation)
+  multihash_ops.check_out_of_range(out_of_range)
+  if not isinstance(hash_strings, bool):
+    raise ValueError("hash_strings must be True or False, got %r" %
+                     (hash_strings,))
   dtype = tf.as_dtype(dtype)
-  if not dtype.is_integer:
+  if not (dtype.is_integer or (dtype == tf.string and hash_strings)):
     raise ValueError("categorical_column_with_multihash needs an integer "
-                     "dtype, got %s" % dtype.name)
+                     "dtype (or tf.string with hash_strings=True), got %s" %
+                     dtype.name)
   if partition_num is not None and (
       isinstance(partition_num, bool) or not isinstance(partition_num, int)
       or partition_num <= 0):
     raise ValueError("partition_num must be a positive integer, got %r" %
                      (partition_num,))
   return MultiHashCategoricalColumn(
-      key=key, dims=(pairs[0][0], pairs[1][0]),
+      key=key, dims=tuple(rows for rows, _ in pairs),
       complementary_strategy=complementary_strategy, operation=operation,
-      dtype=dtype, partition_num=partition_num)
+      dtype=dtype, partition_num=partition_num, out_of_range=out_of_range,
+      hash_strings=hash_strings)
 
 
 def multihash_column_of(categorical_column):
@@ -202,8 +235,12 @@ class MultiHashEmbeddingColumn(
 
   @property
   def _dims(self):
-    rows = self._multihash.dims
-    return [[rows[0], self.dimension[0]], [rows[1], self.dimension[1]]]
+    return [[rows, width]
+            for rows, width in zip(self._multihash.dims, self.dimension)]
+
+  @property
+  def _table_names(self):
+    return _table_variables(len(self.dimension))
 
   @property
   def variable_shape(self):
@@ -222,7 +259,7 @@ class MultiHashEmbeddingColumn(
         stddev=1.0 / math.sqrt(self.variable_shape[0]))
 
   def create_state(self, state_manager):
-    for name, shape in zip(_TABLE_VARIABLES, self._dims):
+    for name, shape in zip(self._table_names, self._dims):
       state_manager.create_variable(
           self, name=name, shape=shape, dtype=tf.float32,
           trainable=self.trainable, use_resource=True,
@@ -230,8 +267,9 @@ class MultiHashEmbeddingColumn(
 
   def _lookup(self, sparse_tensors, tables):
     column = self._multihash
+    # The categorical column has already wrapped ids if asked to.
     params = MultiHashVariable(
-        self.name, self._dims, 2, column.complementary_strategy,
+        self.name, self._dims, len(self._dims), column.complementary_strategy,
         column.operation, tf.float32, tables)
     # A negative id is an error, as for the variable's lookups (dense
     # inputs' -1 padding was already dropped by the categorical column).
@@ -244,7 +282,7 @@ class MultiHashEmbeddingColumn(
     sparse_tensors = self.categorical_column.get_sparse_tensors(
         transformation_cache, state_manager)
     tables = [state_manager.get_variable(self, name=name)
-              for name in _TABLE_VARIABLES]
+              for name in self._table_names]
     return self._lookup(sparse_tensors, tables)
 
   def _get_dense_tensor(self, inputs, weight_collections=None,
@@ -263,7 +301,7 @@ class MultiHashEmbeddingColumn(
             initializer=self._initializer(),
             trainable=self.trainable and trainable is not False,
             collections=weight_collections, partitioner=partitioner)
-        for name, shape in zip(_TABLE_VARIABLES, self._dims)
+        for name, shape in zip(self._table_names, self._dims)
     ]
     return self._lookup(sparse_tensors, tables)
 
@@ -297,7 +335,8 @@ def embedding_column(categorical_column, dimension, combiner="mean",
   Args:
     categorical_column: a `categorical_column_with_multihash`, or a
       `weighted_categorical_column` of one (its weights are used).
-    dimension: (width_Q, width_R); equal widths for add and mul.
+    dimension: (width_Q, width_R), or one width per table for k > 2; equal
+      widths for add and mul.
     combiner: "sum", "mean" or "sqrtn", pooling the composed embeddings of
       each row's ids.
     initializer: for both tables; default a truncated normal with stddev
@@ -306,27 +345,29 @@ def embedding_column(categorical_column, dimension, combiner="mean",
     trainable: whether the tables are trainable.
 
   Returns:
-    A `MultiHashEmbeddingColumn` whose output is [batch, width_Q + width_R]
+    A `MultiHashEmbeddingColumn` whose output is [batch, sum of widths]
     for concat and [batch, width] for add and mul.
 
   Raises:
-    ValueError: `dimension` is not a pair of positive integers ("MultiHash
-      Variable dimension error"), unequal widths for add or mul, a bad
-      combiner or a column that is not a multi-hash column.
+    ValueError: `dimension` is not a pair (one width per table) of positive
+      integers ("MultiHashVariable dimension error"), unequal widths for add
+      or mul, a bad combiner or a column that is not a multi-hash column.
   """
   column = multihash_column_of(categorical_column)
   if column is None:
     raise ValueError(
         "categorical_column must be a categorical_column_with_multihash (or "
         "a weighted column of one), got %r" % (categorical_column,))
-  if (not isinstance(dimension, (list, tuple)) or len(dimension) != 2 or
+  k = len(column.dims)
+  if (not isinstance(dimension, (list, tuple)) or len(dimension) != k or
       any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
           for d in dimension)):
-    raise ValueError("MultiHashVariable dimension error: dimension must be a "
-                     "pair (width_Q, width_R) of positive integers, got %r" %
-                     (dimension,))
-  validate_config([[column.dims[0], dimension[0]],
-                   [column.dims[1], dimension[1]]], 2,
+    what = ("a pair (width_Q, width_R)" if k == 2 else
+            "%d widths, one per table," % k)
+    raise ValueError("MultiHashVariable dimension error: dimension must be "
+                     "%s of positive integers, got %r" % (what, dimension))
+  validate_config([[rows, width] for rows, width in zip(column.dims,
+                                                          dimension)], k,
                   column.complementary_strategy, column.operation)
   if combiner not in embedding_ops.COMBINERS:
     raise ValueError("combiner must be one of %s, got %r" %

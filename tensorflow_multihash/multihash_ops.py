@@ -7,6 +7,8 @@ shards (contiguous row blocks, in order). Resource variables reach the kernel
 as handles and are read in place, never copied.
 """
 
+import math
+
 import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import resource_variable_ops
@@ -21,7 +23,8 @@ BUILT_WITH_CUDA = op_library.built_with_cuda()
 
 OPERATIONS = ("add", "mul", "concat")
 _OPERATION_ALIASES = {"mult": "mul"}
-STRATEGIES = ("Q-R",)
+STRATEGIES = ("Q-R", "generalized-Q-R", "CRT")
+OUT_OF_RANGE = ("error", "wrap")
 ID_DTYPES = (tf.int32, tf.int64)
 
 
@@ -37,6 +40,63 @@ def check_strategy(strategy):
   if strategy not in STRATEGIES:
     raise ValueError("The strategy %s is not supported" % (strategy,))
   return strategy
+
+
+def check_out_of_range(out_of_range):
+  if out_of_range not in OUT_OF_RANGE:
+    raise ValueError("out_of_range must be \"error\" or \"wrap\", got %r" %
+                     (out_of_range,))
+  return out_of_range
+
+
+def check_rows(rows, strategy):
+  """Checks the row counts against the strategy: exactly 2 tables for "Q-R",
+  pairwise coprime counts for "CRT". Raises ValueError naming the tables."""
+  check_strategy(strategy)
+  if len(rows) < 2:
+    raise ValueError("a multi-hash table needs at least 2 small tables, got "
+                     "%d" % len(rows))
+  if strategy == "Q-R" and len(rows) != 2:
+    raise ValueError("The Q-R strategy needs exactly 2 tables, got %d; use "
+                     "\"generalized-Q-R\" or \"CRT\" for more" % len(rows))
+  if strategy == "CRT":
+    for i in range(len(rows)):
+      for j in range(i + 1, len(rows)):
+        g = math.gcd(rows[i], rows[j])
+        if g != 1:
+          raise ValueError(
+              "The CRT strategy needs pairwise coprime row counts, but table "
+              "%d has %d rows and table %d has %d (common factor %d)" %
+              (i, rows[i], j, rows[j], g))
+
+
+def table_divisors(rows, strategy):
+  """Table j's row of id x is `(x // divisors[j]) % rows[j]`.
+
+  "Q-R" and "generalized-Q-R" are mixed radix (divisors are the products of
+  the later tables' rows; for k = 2, q = x // rows_R and r = x % rows_R);
+  "CRT" uses x % rows_j (divisors all 1). The kernels compute the same
+  divisors (cc/kernels/multihash_mapping.h); this is for Python code that
+  must place rows itself, such as per-shard gathers on parameter servers.
+  """
+  check_strategy(strategy)
+  if strategy == "CRT":
+    return [1] * len(rows)
+  divisors, product = [], 1
+  for r in reversed(rows):
+    divisors.append(product)
+    product *= r
+  return divisors[::-1]
+
+
+def wrap_ids(ids, capacity):
+  """Folds int ids into [0, capacity) by floor-mod (the hashing trick beyond
+  the capacity). int32 ids stay int32 when the capacity fits in int32."""
+  ids = _ids_tensor(ids)
+  if ids.dtype == tf.int32 and capacity > 2**31 - 1:
+    # Every int32 id >= 0 is already in range; negative ones need int64.
+    ids = tf.cast(ids, tf.int64)
+  return tf.math.floormod(ids, tf.constant(capacity, dtype=ids.dtype))
 
 
 def _shards_of(table):
@@ -115,7 +175,8 @@ def _check_widths(operation, widths):
 
 
 def multihash_lookup(tables, ids, operation="add",
-                     complementary_strategy="Q-R", name=None):
+                     complementary_strategy="Q-R", out_of_range="error",
+                     name=None):
   """Looks up `ids` in the multi-hash table made of `tables`.
 
   Args:
@@ -124,8 +185,13 @@ def multihash_lookup(tables, ids, operation="add",
     ids: int32 or int64 ids of any shape, each in [0, capacity) where
       capacity is the product of the tables' row counts.
     operation: "add", "mul" ("mult" too) or "concat".
-    complementary_strategy: "Q-R": with k = 2, table 0 is looked up at
-      id // rows_1 and table 1 at id % rows_1.
+    complementary_strategy: how table j's row of id x is chosen:
+      "Q-R" (k = 2): x // rows_1 and x % rows_1;
+      "generalized-Q-R" (any k, mixed radix):
+      (x // prod(rows[j+1:])) % rows[j];
+      "CRT" (pairwise coprime row counts): x % rows[j].
+    out_of_range: "error" (an id outside [0, capacity) fails) or "wrap"
+      (ids are folded into the capacity by floor-mod first).
     name: a name for the op.
 
   Returns:
@@ -133,17 +199,22 @@ def multihash_lookup(tables, ids, operation="add",
     width for add and mul and the sum of the widths for concat.
 
   Raises:
-    ValueError: unknown operation or strategy, unequal widths for add or
-      mul, shards that are not [rows, width] matrices of one dtype.
+    ValueError: unknown operation, strategy or out_of_range, unequal widths
+      for add or mul, row counts the strategy does not allow, shards that
+      are not [rows, width] matrices of one dtype.
     TypeError: ids that are not int32 or int64.
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity).
   """
   operation = canonical_operation(operation)
   check_strategy(complementary_strategy)
+  check_out_of_range(out_of_range)
   with ops.name_scope(name, "MultiHashLookup"):
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
     _check_widths(operation, widths)
+    check_rows(rows, complementary_strategy)
+    if out_of_range == "wrap":
+      ids = wrap_ids(ids, math.prod(rows))
     return _gen.multi_hash_lookup(
         tables=inputs, ids=ids, T=dtype, operation=operation,
         complementary_strategy=complementary_strategy, table_rows=rows,
@@ -164,9 +235,11 @@ def multihash_lookup_grad(grad, tables, ids, operation="add",
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
     _check_widths(operation, widths)
+    check_rows(rows, complementary_strategy)
     indices, values = _gen.multi_hash_lookup_grad(
         grad=tf.convert_to_tensor(grad, dtype=dtype), tables=inputs, ids=ids,
-        N=len(inputs),        operation=operation, complementary_strategy=complementary_strategy,
+        N=len(inputs), operation=operation,
+        complementary_strategy=complementary_strategy,
         table_rows=rows, table_widths=widths, num_shards=num_shards)
     return list(zip(indices, values))
 

@@ -1,25 +1,38 @@
 """`get_multihash_variable` and the `MultiHashVariable` it returns.
 
 A multi-hash variable is one logical embedding table of `capacity` rows
-stored as small tables (k = 2: a quotient table Q and a remainder table R).
+stored as k small tables (k = 2: a quotient table Q and a remainder table R).
 The small tables are ordinary TensorFlow variables created with
 `tf.compat.v1.get_variable` in the current variable scope, named
-`<name>/multhash_Q` and `<name>/multhash_R` (the names DeepRec checkpoints
-use), so scopes, reuse, partitioners, custom getters, collections, savers and
-optimizers treat them like any other variable.
+`<name>/multhash_Q` and `<name>/multhash_R` for k = 2 (the names DeepRec
+checkpoints use) and `<name>/multhash_0` ... `<name>/multhash_{k-1}`
+otherwise, so scopes, reuse, partitioners, custom getters, collections,
+savers and optimizers treat them like any other variable.
 """
 
 import math
 import numbers
 
 import tensorflow as tf
+from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.ops import variables as variables_lib
 
 from tensorflow_multihash import multihash_ops
 
-# Sub-variable names, in table order (DeepRec's spelling, kept so that its
-# checkpoints restore by name).
-_TABLE_SUFFIXES = ("multhash_Q", "multhash_R")
+# The kernels' limit on the number of small tables (kMaxTables).
+MAX_PARTITIONS = 8
+
+# Sub-variable names, in table order: for k = 2 DeepRec's spelling (kept so
+# that its checkpoints restore by name), else numbered.
+_QR_SUFFIXES = ("multhash_Q", "multhash_R")
+
+
+def table_suffixes(num_tables):
+  """The sub-variable names of k small tables: multhash_Q and multhash_R for
+  k = 2, multhash_0 ... multhash_{k-1} otherwise."""
+  if num_tables == 2:
+    return _QR_SUFFIXES
+  return tuple("multhash_%d" % j for j in range(num_tables))
 
 
 class MultiHashConfig(object):
@@ -58,6 +71,9 @@ def validate_config(dims, num_of_partitions, complementary_strategy,
   if complementary_strategy == "Q-R" and num_of_partitions != 2:
     raise ValueError("The Q-R strategy needs num_of_partitions = 2, got %r" %
                      (num_of_partitions,))
+  if not 2 <= num_of_partitions <= MAX_PARTITIONS:
+    raise ValueError("num_of_partitions must be in [2, %d], got %r" %
+                     (MAX_PARTITIONS, num_of_partitions))
   if not isinstance(dims, (list, tuple)):
     raise ValueError("dims must be a list of [rows, width] pairs, got %r" %
                      (dims,))
@@ -80,6 +96,7 @@ def validate_config(dims, num_of_partitions, complementary_strategy,
   if operation != "concat" and len(set(widths)) != 1:
     raise ValueError("operation %r needs equal widths in dims, got widths %s"
                      % (operation, widths))
+  multihash_ops.check_rows([r for r, _ in pairs], complementary_strategy)
   return pairs, operation
 
 
@@ -97,6 +114,9 @@ def _shard_variables(table):
                        "rows (axis 0), got partitions %s for %s" %
                        (partitions, table.name))
     return list(table)
+  if isinstance(table, sharded_variable.ShardedVariableMixin):
+    # A TF2 variable_partitioner (ParameterServerStrategy): row shards.
+    return list(table.variables)
   return [table]
 
 
@@ -109,7 +129,8 @@ class MultiHashVariable(tf.Module):
     name: the variable's name (with its variable scope).
     dims: the [rows, width] pair of every small table.
     operation: "add", "mul" or "concat".
-    complementary_strategy: "Q-R".
+    complementary_strategy: "Q-R", "generalized-Q-R" or "CRT".
+    out_of_range: "error" or "wrap" (ids folded into the capacity).
     num_of_partitions: the number of small tables.
     dtype: a `tf.DType`.
     capacity: the number of ids, the product of the tables' rows.
@@ -122,8 +143,9 @@ class MultiHashVariable(tf.Module):
   """
 
   def __init__(self, name, dims, num_of_partitions, complementary_strategy,
-               operation, dtype, tables):
+               operation, dtype, tables, out_of_range="error"):
     super().__init__(name="MultiHashVariable")
+    self._out_of_range = multihash_ops.check_out_of_range(out_of_range)
     self._mh_name = name
     self._dims = [list(d) for d in dims]
     self._num_of_partitions = num_of_partitions
@@ -149,6 +171,10 @@ class MultiHashVariable(tf.Module):
   @property
   def complementary_strategy(self):
     return self._strategy
+
+  @property
+  def out_of_range(self):
+    return self._out_of_range
 
   @property
   def num_of_partitions(self):
@@ -210,9 +236,10 @@ class MultiHashVariable(tf.Module):
     return {str(i): v for i, v in enumerate(self._shards)}
 
   def __repr__(self):
+    wrap = " out_of_range=wrap" if self._out_of_range == "wrap" else ""
     return ("<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
-            "dtype=%s>" % (self._mh_name, self.dims, self._operation,
-                           self._strategy, self._dtype.name))
+            "dtype=%s%s>" % (self._mh_name, self.dims, self._operation,
+                             self._strategy, self._dtype.name, wrap))
 
 
 def get_multihash_variable(name,
@@ -232,17 +259,22 @@ def get_multihash_variable(name,
                            custom_getter=None,
                            constraint=None,
                            synchronization=tf.VariableSynchronization.AUTO,
-                           aggregation=tf.VariableAggregation.NONE):
+                           aggregation=tf.VariableAggregation.NONE,
+                           out_of_range="error"):
   """Creates (or, under a reusing variable scope, gets) a multi-hash variable.
 
   Args:
     name: the variable's name; its small tables are `<name>/multhash_Q` and
-      `<name>/multhash_R` in the current variable scope.
+      `<name>/multhash_R` (k = 2) or `<name>/multhash_0` ...
+      `<name>/multhash_{k-1}` in the current variable scope.
     dims: one [rows, width] pair per small table, Q first: [[2, 2], [2, 2]]
       is a 2 x 2 Q table and a 2 x 2 R table, capacity 4.
-    num_of_partitions: the number of small tables; 2 for "Q-R".
-    complementary_strategy: "Q-R": id x uses row x // rows_R of Q and row
-      x % rows_R of R, a unique pair for every x in [0, rows_Q * rows_R).
+    num_of_partitions: k, the number of small tables (2 to 8); 2 for "Q-R".
+    complementary_strategy: how id x picks table j's row; every id in
+      [0, capacity = prod(rows)) gets a unique row tuple:
+      "Q-R" (k = 2): row x // rows_R of Q and row x % rows_R of R;
+      "generalized-Q-R" (mixed radix): (x // prod(rows[j+1:])) % rows[j];
+      "CRT" (pairwise coprime rows): x % rows[j].
     operation: "add", "mul" ("mult" too) or "concat" (Q's part first).
     dtype: the tables' dtype (Python `float` means tf.float32).
     initializer: as for `tf.compat.v1.get_variable`; default a truncated
@@ -251,6 +283,9 @@ def get_multihash_variable(name,
     validate_shape, use_resource, custom_getter, constraint, synchronization,
     aggregation: passed to `tf.compat.v1.get_variable` for each small table.
       A partitioner splits each table into row blocks.
+    out_of_range: "error" (default: an id outside [0, capacity) fails the
+      lookup) or "wrap" (ids are folded into the capacity by floor-mod: the
+      hashing trick beyond the capacity, complementary inside it).
 
   Returns:
     A `MultiHashVariable`.
@@ -258,10 +293,13 @@ def get_multihash_variable(name,
   Raises:
     ValueError: an unsupported strategy or operation, num_of_partitions
       other than 2 with "Q-R", len(dims) != num_of_partitions, a row count or
-      width that is not a positive integer, unequal widths for add or mul.
+      width that is not a positive integer, unequal widths for add or mul,
+      row counts that are not pairwise coprime for "CRT", a bad
+      out_of_range.
   """
   pairs, operation = validate_config(dims, num_of_partitions,
                                      complementary_strategy, operation)
+  multihash_ops.check_out_of_range(out_of_range)
   dtype = tf.as_dtype(dtype)
   if initializer is None:
     width = (sum(w for _, w in pairs) if operation == "concat"
@@ -269,7 +307,8 @@ def get_multihash_variable(name,
     initializer = tf.compat.v1.truncated_normal_initializer(
         stddev=1.0 / math.sqrt(width))
   tables = []
-  for suffix, (rows, width) in zip(_TABLE_SUFFIXES, pairs):
+  suffixes = table_suffixes(len(pairs))
+  for suffix, (rows, width) in zip(suffixes, pairs):
     tables.append(tf.compat.v1.get_variable(
         "%s/%s" % (name, suffix), shape=[rows, width], dtype=dtype,
         initializer=initializer, regularizer=regularizer, trainable=trainable,
@@ -278,6 +317,7 @@ def get_multihash_variable(name,
         use_resource=use_resource, custom_getter=custom_getter,
         constraint=constraint, synchronization=synchronization,
         aggregation=aggregation))
-  full_name = _base_name(tables[0])[:-len("/" + _TABLE_SUFFIXES[0])]
+  full_name = _base_name(tables[0])[:-len("/" + suffixes[0])]
   return MultiHashVariable(full_name, pairs, num_of_partitions,
-                           complementary_strategy, operation, dtype, tables)
+                           complementary_strategy, operation, dtype, tables,
+                           out_of_range=out_of_range)

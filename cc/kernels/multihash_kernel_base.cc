@@ -27,6 +27,10 @@ MultiHashKernelBase::MultiHashKernelBase(OpKernelConstruction* ctx)
   }
   if (strategy == "Q-R") {
     strategy_ = tfmh::Strategy::kQR;
+  } else if (strategy == "generalized-Q-R") {
+    strategy_ = tfmh::Strategy::kGeneralizedQR;
+  } else if (strategy == "CRT") {
+    strategy_ = tfmh::Strategy::kCRT;
   } else {
     ctx->CtxFailure(absl::InvalidArgumentError(
         absl::StrCat("The strategy ", strategy, " is not supported")));

@@ -246,6 +246,26 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
     l->out_width = op == Combine::kConcat ? l->out_width + widths[j] : widths[0];
   }
   l->shard_begin[num_tables] = total_shards;
+  if (strategy == Strategy::kCRT) {
+    // id % rows_j picks a unique row tuple for every id below the product
+    // only if the row counts are pairwise coprime (Chinese remainder).
+    for (int i = 0; i < num_tables; ++i) {
+      for (int j = i + 1; j < num_tables; ++j) {
+        int64_t a = rows[i], b = rows[j];
+        while (b != 0) {
+          const int64_t t = a % b;
+          a = b;
+          b = t;
+        }
+        if (a != 1) {
+          return "the CRT strategy needs pairwise coprime row counts, but "
+                 "table " + num(i) + " has " + num(rows[i]) + " rows and "
+                 "table " + num(j) + " has " + num(rows[j]) +
+                 " (common factor " + num(a) + ")";
+        }
+      }
+    }
+  }
   // capacity = prod(rows); mixed-radix divisors are suffix products.
   int64_t capacity = 1;
   for (int j = num_tables - 1; j >= 0; --j) {

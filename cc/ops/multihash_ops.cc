@@ -92,8 +92,11 @@ tables: every row shard of every small table, table 0's shards first. A shard
   is a [rows, width] tensor or a resource handle of such a variable.
 ids: ids in [0, prod(table_rows)), any shape.
 operation: how the k rows of an id are combined: "add", "mul" or "concat".
-complementary_strategy: how an id picks its rows; "Q-R" (k = 2): table 0 uses
-  id // table_rows[1], table 1 uses id % table_rows[1].
+complementary_strategy: how an id picks its rows. "Q-R" (k = 2): table 0 uses
+  id // table_rows[1], table 1 uses id % table_rows[1]. "generalized-Q-R"
+  (mixed radix, any k): table j uses (id // prod(table_rows[j+1:])) %
+  table_rows[j]. "CRT" (pairwise coprime row counts): table j uses
+  id % table_rows[j]. The capacity is prod(table_rows) for all three.
 table_rows: logical rows of each table (the sum of its shards' rows).
 table_widths: columns of each table.
 num_shards: how many consecutive entries of `tables` belong to each table.
@@ -109,7 +112,7 @@ REGISTER_OP("MultiHashLookup")
     .Attr("T: {float, double, half, bfloat16}")
     .Attr("Tidx: {int32, int64}")
     .Attr("operation: {'add', 'mul', 'concat'}")
-    .Attr("complementary_strategy: {'Q-R'} = 'Q-R'")
+    .Attr("complementary_strategy: {'Q-R', 'generalized-Q-R', 'CRT'} = 'Q-R'")
     .Attr("table_rows: list(int) >= 2")
     .Attr("table_widths: list(int) >= 2")
     .Attr("num_shards: list(int) >= 2")
@@ -144,7 +147,7 @@ REGISTER_OP("MultiHashLookupGrad")
     .Attr("T: {float, double, half, bfloat16}")
     .Attr("Tidx: {int32, int64}")
     .Attr("operation: {'add', 'mul', 'concat'}")
-    .Attr("complementary_strategy: {'Q-R'} = 'Q-R'")
+    .Attr("complementary_strategy: {'Q-R', 'generalized-Q-R', 'CRT'} = 'Q-R'")
     .Attr("table_rows: list(int) >= 2")
     .Attr("table_widths: list(int) >= 2")
     .Attr("num_shards: list(int) >= 2")
