@@ -570,3 +570,24 @@ def test_feature_column_config_round_trip(tfmh):
     back = serialization.deserialize_feature_column(
         serialization.serialize_feature_column(col))
     assert back == col
+
+
+def test_saved_model_k3_crt_wrap(tfmh, tmp_path):
+    """The strategy and the wrap travel in the SavedModel's graph."""
+    v = tfmh.get_multihash_variable(
+        "sm", [[3, 4], [5, 4], [2, 4]], num_of_partitions=3,
+        complementary_strategy="CRT", operation="mul", out_of_range="wrap")
+    module = tf.Module()
+    module.emb = v
+    module.lookup = tf.function(
+        lambda ids: tfmh.embedding_lookup(v, ids),
+        input_signature=[tf.TensorSpec([None], tf.int64)])
+    ids = tf.constant([0, 13, 29, 30, -1, 1000], tf.int64)
+    expected = module.lookup(ids).numpy()
+    tf.saved_model.save(module, str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_array_equal(loaded.lookup(ids).numpy(), expected)
+    arrays = [t.numpy() for t in v.tables]
+    np.testing.assert_allclose(
+        expected, np_lookup(arrays, np.mod(ids.numpy(), 30), [3, 5, 2], "CRT",
+                            "mul"), **TOL)
