@@ -18,6 +18,25 @@ from tensorflow_multihash.variable import MultiHashVariable
 from tensorflow_multihash.variable import get_multihash_variable
 from tensorflow_multihash import deeprec_compat  # noqa: F401  (registers)
 
+
+def __getattr__(name):
+  # `tfmh.keras` (the Keras 3 layer) is imported on first use, so the
+  # package imports without Keras.
+  if name == "keras":
+    from tensorflow_multihash import keras_layers
+    return keras_layers
+  raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+# `import tensorflow` imports Keras when it is installed; registering the
+# layer right away then costs nothing and lets keras.saving.load_model find
+# it after a plain `import tensorflow_multihash`.
+if "keras" in __import__("sys").modules:
+  try:
+    from tensorflow_multihash import keras_layers as keras  # noqa: F401
+  except ImportError:  # Keras 2: `tfmh.keras` raises the reason on use.
+    pass
+
 __all__ = [
     "MultiHashVariable",
     "categorical_column_with_multihash",
