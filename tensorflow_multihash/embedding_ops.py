@@ -6,6 +6,7 @@ first; bags of ids are pooled afterwards (compose, then pool).
 
 import tensorflow as tf
 
+from tensorflow_multihash import distributed_lookup
 from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.variable import MultiHashVariable
 
@@ -46,8 +47,14 @@ def embedding_lookup(params, ids, max_norm=None, name=None):
   with tf.name_scope(name or "multihash_embedding_lookup"):
     if params.out_of_range == "wrap":
       ids = multihash_ops.wrap_ids(ids, params.capacity)
-    emb = multihash_ops.multihash_lookup(
-        params.tables, ids, operation=params.operation,
+    # Shards spread over devices (parameter servers): gather rows where
+    # they live instead of copying shards to one kernel.
+    lookup = (distributed_lookup.colocated_lookup
+              if distributed_lookup.needs_colocated_lookup(params.tables)
+              else multihash_ops.multihash_lookup)
+    emb = lookup(
+        [distributed_lookup.table_shards(t) for t in params.tables], ids,
+        operation=params.operation,
         complementary_strategy=params.complementary_strategy)
     return _clip(emb, max_norm)
 
