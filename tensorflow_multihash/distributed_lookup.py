@@ -24,34 +24,13 @@ import math
 
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
-from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.framework import ops
-from tensorflow.python.ops import variables as variables_lib
 
 from tensorflow_multihash import multihash_ops
 
 # Table dtypes the fused kernels combine in float32 (then round once); the
 # colocated path does the same so that both give identical bits.
 _WIDENED_DTYPES = (tf.float16, tf.bfloat16)
-
-
-def table_shards(table):
-  """The row shards of one table argument, in order.
-
-  Args:
-    table: a tensor or variable, a `PartitionedVariable` (TF1 partitioner),
-      a `ShardedVariable` (TF2 `variable_partitioner`), or a list of shards.
-
-  Returns:
-    A list of shards, each a tensor or a variable.
-  """
-  if isinstance(table, (list, tuple)):
-    return list(table)
-  if isinstance(table, variables_lib.PartitionedVariable):
-    return list(table)
-  if isinstance(table, sharded_variable.ShardedVariableMixin):
-    return list(table.variables)
-  return [table]
 
 
 class _DeviceProbe(object):
@@ -128,7 +107,8 @@ def needs_colocated_lookup(tables):
   """
   if tf.executing_eagerly():
     return False
-  devices = [_shard_device(s) for t in tables for s in table_shards(t)]
+  devices = [_shard_device(s) for t in tables
+             for s in multihash_ops.table_shards(t)]
   devices = [d for d in devices if d]
   if not devices:
     return False
@@ -149,47 +129,12 @@ def _placed_with(shard):
   return tf.device(device) if device else contextlib.nullcontext()
 
 
-def _static_shape(shard, table, index):
-  shape = tf.TensorShape(shard.shape)
-  if shape.rank != 2 or None in shape.as_list():
-    raise ValueError("shard %d of table %d must have a static shape "
-                     "[rows, width], got %s" % (index, table, shape))
-  return shape.as_list()
-
-
-def _describe(tables):
-  """(shards per table, rows per table, width per table, dtype)."""
-  all_shards, rows, widths, dtype = [], [], [], None
-  for j, table in enumerate(tables):
-    shards = table_shards(table)
-    if not shards:
-      raise ValueError("table %d has no shards" % j)
-    table_rows, width = 0, None
-    for s, shard in enumerate(shards):
-      n, w = _static_shape(shard, j, s)
-      shard_dtype = tf.as_dtype(shard.dtype).base_dtype
-      if dtype is None:
-        dtype = shard_dtype
-      elif shard_dtype != dtype:
-        raise ValueError("all tables must have one dtype: shard %d of table "
-                         "%d is %s, expected %s" %
-                         (s, j, shard_dtype.name, dtype.name))
-      if width is not None and w != width:
-        raise ValueError("shard %d of table %d has width %d, the other shards "
-                         "%d" % (s, j, w, width))
-      width = w
-      table_rows += n
-    all_shards.append(shards)
-    rows.append(table_rows)
-    widths.append(width)
-  return all_shards, rows, widths, dtype
-
-
 def _checked_ids(ids, capacity, rows, out_of_range):
   """Flat int64 ids; out-of-range ids fail (or wrap) before any gather."""
-  flat = tf.cast(tf.reshape(ids, [-1]), tf.int64)
   if out_of_range == "wrap":
-    return tf.math.floormod(flat, capacity)
+    return tf.cast(tf.reshape(multihash_ops.wrap_ids(ids, capacity), [-1]),
+                   tf.int64)
+  flat = tf.cast(tf.reshape(ids, [-1]), tf.int64)
   bad = tf.logical_or(flat < 0, flat >= capacity)
 
   def report():
@@ -288,13 +233,8 @@ def colocated_lookup(tables, ids, operation="add",
   """
   operation = multihash_ops.canonical_operation(operation)
   multihash_ops.check_out_of_range(out_of_range)
-  if not isinstance(tables, (list, tuple)) or len(tables) < 2:
-    raise ValueError(
-        "tables must be a list of at least 2 tables, got %r" % (tables,))
-  shards, rows, widths, dtype = _describe(tables)
-  if operation != "concat" and len(set(widths)) != 1:
-    raise ValueError("operation %r needs equal table widths, got %s" %
-                     (operation, widths))
+  shards, rows, widths, dtype = multihash_ops.describe_tables(tables)
+  multihash_ops.check_widths(operation, widths)
   multihash_ops.check_rows(rows, complementary_strategy)
   divisors = multihash_ops.table_divisors(rows, complementary_strategy)
   capacity = math.prod(rows)

@@ -45,17 +45,14 @@ def embedding_lookup(params, ids, max_norm=None, name=None):
   """
   _check_params(params)
   with tf.name_scope(name or "multihash_embedding_lookup"):
-    if params.out_of_range == "wrap":
-      ids = multihash_ops.wrap_ids(ids, params.capacity)
     # Shards spread over devices (parameter servers): gather rows where
     # they live instead of copying shards to one kernel.
     lookup = (distributed_lookup.colocated_lookup
               if distributed_lookup.needs_colocated_lookup(params.tables)
               else multihash_ops.multihash_lookup)
-    emb = lookup(
-        [distributed_lookup.table_shards(t) for t in params.tables], ids,
-        operation=params.operation,
-        complementary_strategy=params.complementary_strategy)
+    emb = lookup(params.tables, ids, operation=params.operation,
+                 complementary_strategy=params.complementary_strategy,
+                 out_of_range=params.out_of_range)
     return _clip(emb, max_norm)
 
 

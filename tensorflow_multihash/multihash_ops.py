@@ -2,14 +2,16 @@
 registered gradient.
 
 A table argument is one small table: a [rows, width] tensor, a variable
-(resource or reference) or a partitioned variable, or a list of such row
-shards (contiguous row blocks, in order). Resource variables reach the kernel
-as handles and are read in place, never copied.
+(resource or reference), a partitioned variable (TF1 partitioner), a sharded
+variable (TF2 `variable_partitioner`), or a list of such row shards
+(contiguous row blocks, in order). Resource variables reach the kernel as
+handles and are read in place, never copied.
 """
 
 import math
 
 import tensorflow as tf
+from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.ops import variables
@@ -99,25 +101,75 @@ def wrap_ids(ids, capacity):
   return tf.math.floormod(ids, tf.constant(capacity, dtype=ids.dtype))
 
 
-def _shards_of(table):
-  """The row shards of one table argument, as a list."""
+def table_shards(table):
+  """The row shards of one table argument, in order, as a list."""
   if isinstance(table, (list, tuple)):
     return list(table)
   if isinstance(table, variables.PartitionedVariable):
     return list(table)
+  if isinstance(table, sharded_variable.ShardedVariableMixin):
+    return list(table.variables)
   return [table]
 
 
+def _as_shard(shard):
+  """Variables and tensors as they are; anything else (arrays, lists) as a
+  tensor, so that it has a static shape and a dtype."""
+  if isinstance(shard, (tf.Variable, tf.Tensor)):
+    return shard
+  return tf.convert_to_tensor(shard)
+
+
+def describe_tables(tables):
+  """Checks the table arguments; returns (shards, rows, widths, dtype).
+
+  `shards[j]` lists table j's row shards (variables or tensors), `rows[j]`
+  and `widths[j]` are its logical size and `dtype` the common dtype.
+
+  Raises:
+    ValueError: fewer than 2 tables, a table without shards, shards of
+      different dtypes or widths, a shard without a static [rows, width]
+      shape.
+  """
+  if not isinstance(tables, (list, tuple)) or len(tables) < 2:
+    raise ValueError(
+        "tables must be a list of at least 2 tables, got %r" % (tables,))
+  all_shards, rows, widths, dtype = [], [], [], None
+  for j, table in enumerate(tables):
+    shards = [_as_shard(s) for s in table_shards(table)]
+    if not shards:
+      raise ValueError("table %d has no shards" % j)
+    table_rows, width = 0, None
+    for s, shard in enumerate(shards):
+      shape, shard_dtype = tf.TensorShape(shard.shape), shard.dtype.base_dtype
+      if dtype is None:
+        dtype = shard_dtype
+      elif shard_dtype != dtype:
+        raise ValueError("all tables must have one dtype: shard %d of table "
+                         "%d is %s, expected %s" %
+                         (s, j, shard_dtype.name, dtype.name))
+      if shape.rank != 2 or None in shape.as_list():
+        raise ValueError("shard %d of table %d must have a static shape "
+                         "[rows, width], got %s" % (s, j, shape))
+      if width is not None and shape[1] != width:
+        raise ValueError("shard %d of table %d has width %d, the other shards "
+                         "%d" % (s, j, shape[1], width))
+      width = shape[1]
+      table_rows += shape[0]
+    all_shards.append(shards)
+    rows.append(table_rows)
+    widths.append(width)
+  return all_shards, rows, widths, dtype
+
+
 def _shard_input(shard):
-  """(op input, static shape, dtype) of one shard; resource variables as
-  handles."""
+  """The op input of one shard; resource variables as handles."""
   if isinstance(shard, resource_variable_ops.BaseResourceVariable):
     # As ResourceVariable.sparse_read does: tell the tape the variable was
     # read, since the handle is consumed directly.
     resource_variable_ops.variable_accessed(shard)
-    return shard.handle, shard.shape, shard.dtype.base_dtype
-  t = tf.convert_to_tensor(shard)
-  return t, t.shape, t.dtype.base_dtype
+    return shard.handle
+  return tf.convert_to_tensor(shard)
 
 
 def _ids_tensor(ids):
@@ -135,40 +187,12 @@ def _ids_tensor(ids):
 
 def _flatten_tables(tables):
   """Op inputs and the attributes describing them."""
-  if not isinstance(tables, (list, tuple)) or len(tables) < 2:
-    raise ValueError(
-        "tables must be a list of at least 2 tables, got %r" % (tables,))
-  inputs, rows, widths, num_shards = [], [], [], []
-  dtype = None
-  for j, table in enumerate(tables):
-    shards = _shards_of(table)
-    if not shards:
-      raise ValueError("table %d has no shards" % j)
-    table_rows, width = 0, None
-    for s, shard in enumerate(shards):
-      value, shape, shard_dtype = _shard_input(shard)
-      if dtype is None:
-        dtype = shard_dtype
-      elif shard_dtype != dtype:
-        raise ValueError("all tables must have one dtype: shard %d of table "
-                         "%d is %s, expected %s" %
-                         (s, j, shard_dtype.name, dtype.name))
-      if shape.rank != 2 or None in shape.as_list():
-        raise ValueError("shard %d of table %d must have a static shape "
-                         "[rows, width], got %s" % (s, j, shape))
-      if width is not None and shape[1] != width:
-        raise ValueError("shard %d of table %d has width %d, the other shards "
-                         "%d" % (s, j, shape[1], width))
-      width = shape[1]
-      table_rows += shape[0]
-      inputs.append(value)
-    rows.append(table_rows)
-    widths.append(width)
-    num_shards.append(len(shards))
-  return inputs, dtype, rows, widths, num_shards
+  shards, rows, widths, dtype = describe_tables(tables)
+  inputs = [_shard_input(s) for table in shards for s in table]
+  return inputs, dtype, rows, widths, [len(table) for table in shards]
 
 
-def _check_widths(operation, widths):
+def check_widths(operation, widths):
   if operation != "concat" and len(set(widths)) != 1:
     raise ValueError("operation %r needs equal table widths, got %s" %
                      (operation, widths))
@@ -211,7 +235,7 @@ def multihash_lookup(tables, ids, operation="add",
   with ops.name_scope(name, "MultiHashLookup"):
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
-    _check_widths(operation, widths)
+    check_widths(operation, widths)
     check_rows(rows, complementary_strategy)
     if out_of_range == "wrap":
       ids = wrap_ids(ids, math.prod(rows))
@@ -234,7 +258,7 @@ def multihash_lookup_grad(grad, tables, ids, operation="add",
   with ops.name_scope(name, "MultiHashLookupGrad"):
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
-    _check_widths(operation, widths)
+    check_widths(operation, widths)
     check_rows(rows, complementary_strategy)
     indices, values = _gen.multi_hash_lookup_grad(
         grad=tf.convert_to_tensor(grad, dtype=dtype), tables=inputs, ids=ids,

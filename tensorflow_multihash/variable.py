@@ -14,7 +14,6 @@ import math
 import numbers
 
 import tensorflow as tf
-from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.ops import variables as variables_lib
 
 from tensorflow_multihash import multihash_ops
@@ -113,11 +112,7 @@ def _shard_variables(table):
       raise ValueError("a multi-hash table may only be partitioned along its "
                        "rows (axis 0), got partitions %s for %s" %
                        (partitions, table.name))
-    return list(table)
-  if isinstance(table, sharded_variable.ShardedVariableMixin):
-    # A TF2 variable_partitioner (ParameterServerStrategy): row shards.
-    return list(table.variables)
-  return [table]
+  return multihash_ops.table_shards(table)
 
 
 class MultiHashVariable(tf.Module):

@@ -33,7 +33,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import ps_training  # noqa: E402
-from tensorflow_multihash import distributed_lookup  # noqa: E402
 from tensorflow_multihash import multihash_ops  # noqa: E402
 
 v1 = tf.compat.v1
@@ -73,7 +72,7 @@ def _traced_bytes(sess, fetch, feed, repeats=3):
 
 
 def _dump(sess, model):
-  tables = [distributed_lookup.table_shards(t) for t in model.embedding.tables]
+  tables = [multihash_ops.table_shards(t) for t in model.embedding.tables]
   values, weights, step = ps_training.run_step(
       sess, [tables, model.weights, model.global_step])
   return {"global_step": int(step),

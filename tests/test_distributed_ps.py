@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from mh_cluster import ROOT, Cluster
-from tensorflow_multihash import distributed_lookup
+from tensorflow_multihash import multihash_ops
 
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 import ps_training  # noqa: E402
@@ -40,7 +40,7 @@ def single_process_run(options, seeds):
             sess.run(v1.global_variables_initializer())
             for seed in seeds:
                 sess.run(model.train_op, feed_dict=model.feed(seed, args.batch_size))
-            tables = [np.concatenate(sess.run(distributed_lookup.table_shards(t)), axis=0)
+            tables = [np.concatenate(sess.run(multihash_ops.table_shards(t)), axis=0)
                       for t in model.embedding.tables]
             return tables, sess.run(model.weights)
 

@@ -105,7 +105,7 @@ def parameter_server():
   workers with the tables split over 2 ps tasks."""
   import tf_keras
   import tensorflow_multihash as tfmh
-  from tensorflow_multihash import distributed_lookup
+  from tensorflow_multihash import multihash_ops
 
   spec = tf.train.ClusterSpec({
       "worker": ["127.0.0.1:%d" % _free_port() for _ in range(2)],
@@ -162,7 +162,7 @@ def parameter_server():
   before = coordinator.schedule(evaluate)
   coordinator.join()
   tables = [np.concatenate([s.numpy()
-                            for s in distributed_lookup.table_shards(t)])
+                            for s in multihash_ops.table_shards(t)])
             for t in emb.tables]
   n = ids.numpy()
   want = tables[0][n // 30] + tables[1][n % 30]
@@ -176,7 +176,7 @@ def parameter_server():
   return {
       "table_types": [type(t).__name__ for t in emb.tables],
       "shard_devices": [s.device for t in emb.tables
-                        for s in distributed_lookup.table_shards(t)],
+                        for s in multihash_ops.table_shards(t)],
       "lookup_error": lookup_error,
       "ops": sorted(_lookup_graph_ops(step) & {
           "MultiHashLookup", "ResourceGather", "GatherV2"}),
