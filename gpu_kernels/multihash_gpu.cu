@@ -27,17 +27,13 @@
 // group per run owner) adds them in chunk order. Everything is deterministic.
 #include "gpu_kernels/multihash_gpu.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "gpu_kernels/cuda_compat.h"
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-
-#include <cub/cub.cuh>
 
 namespace tfmh {
 namespace gpu {
@@ -885,10 +881,10 @@ void LaunchLookupV(const Layout& l, const ShardPointers& sp, const void* ids,
   const int lg = GroupLog2(n_vec);
   const unsigned grid = GridFor((n + 31) / 32, 5);  // one warp per 32 ids
   if (l.num_tables <= 2) {
-    LookupKernel<T, V, 2, 4><<<grid, kBlock, 0, s>>>(
+    TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, 2, 4>)(
         l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
   } else {
-    LookupKernel<T, V, kMaxTables, 2><<<grid, kBlock, 0, s>>>(
+    TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, kMaxTables, 2>)(
         l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
   }
 }
@@ -1043,14 +1039,14 @@ cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
   int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
   const int items = static_cast<int>(p.m);
   const unsigned grid_n = GridFor(p.n, 0);
-  BuildKeysKernel<Index, Key><<<grid_n, kBlock, 0, s>>>(
+  TFMH_LAUNCH(grid_n, kBlock, 0, s, BuildKeysKernel<Index, Key>)(
       l, p.ko, static_cast<const Index*>(ids), p.n, keys_in, pos_in);
   size_t cub_bytes = p.cub_bytes;
   cudaError_t e = cub::DeviceRadixSort::SortPairs(
       ws + p.cub, cub_bytes, keys_in, keys, pos_in, pos, items, 0, p.key_bits,
       s);
   if (e != cudaSuccess) return e;
-  HeadFlagsKernel<Key><<<GridFor(p.m, 0), kBlock, 0, s>>>(keys, p.m, flags);
+  TFMH_LAUNCH(GridFor(p.m, 0), kBlock, 0, s, HeadFlagsKernel<Key>)(keys, p.m, flags);
   cub_bytes = p.cub_bytes;
   e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, flags, run_id,
                                     items, s);
@@ -1062,7 +1058,7 @@ cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
     }
   }
   targets.key[p.num_shards] = p.ko.off[l.num_tables];
-  ShardBoundsKernel<Key><<<1, 128, 0, s>>>(targets, p.num_shards, keys, p.m,
+  TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(targets, p.num_shards, keys, p.m,
                                            run_id, bounds, counts);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
@@ -1081,21 +1077,21 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
   a.tiles = (nv + (1 << lg) - 1) >> lg;
   const unsigned grid = GridFor(a.chunks * a.tiles, lg);
   if (l.combine != Combine::kMul) {
-    GradReduceKernel<T, V, false><<<grid, kBlock, 0, s>>>(l, so, a, lg);
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, false>)(l, so, a, lg);
   } else {
     const int lgp = GroupLog2(l.out_width / N);
     const unsigned grid_p = GridFor((a.n + 31) / 32, 5);  // a warp per 32 ids
     if (l.num_tables <= 2) {
-      MulPartialKernel<T, V, 2, 4><<<grid_p, kBlock, 0, s>>>(
+      TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4>)(
           l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
     } else {
-      MulPartialKernel<T, V, kMaxTables, 1><<<grid_p, kBlock, 0, s>>>(
+      TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1>)(
           l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
     }
     a.prod = prod;
-    GradReduceKernel<T, V, true><<<grid, kBlock, 0, s>>>(l, so, a, lg);
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
   }
-  GradFixupKernel<T, V><<<grid, kBlock, 0, s>>>(l, so, a, lg);
+  TFMH_LAUNCH(grid, kBlock, 0, s, GradFixupKernel<T, V>)(l, so, a, lg);
 }
 
 template <typename T>
@@ -1123,7 +1119,7 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
                     void* d_out, int64_t* d_first_bad, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (!LayoutOk(layout) || n < 0) return cudaErrorInvalidValue;
-  if (d_first_bad != nullptr) InitFirstBadKernel<<<1, 1, 0, s>>>(d_first_bad);
+  if (d_first_bad != nullptr) TFMH_LAUNCH(1, 1, 0, s, InitFirstBadKernel)(d_first_bad);
   if (n == 0) return cudaGetLastError();
   const size_t esz = ElemSize(dtype);
   const void* ptrs[kMaxShards + 1];

@@ -7,9 +7,7 @@
 //
 // Usage: multihash_gpu_test [--quick]   (--quick: no million-id cases)
 // Prints one line per case and "N passed, M failed"; exits 1 on a failure.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "gpu_kernels/cuda_compat.h"
 
 #include <algorithm>
 #include <cinttypes>
