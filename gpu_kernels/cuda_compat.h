@@ -31,4 +31,13 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+// Vector float atomics (atomicAdd on float2 / float4 in global memory) exist
+// from compute capability 9.0; the emulation has them too.
+#if defined(TFMH_CUDA_EMULATION) || \
+    (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define TFMH_VECTOR_ATOMICS 1
+#else
+#define TFMH_VECTOR_ATOMICS 0
+#endif
+
 #endif  // TENSORFLOW_MULTIHASH_GPU_KERNELS_CUDA_COMPAT_H_

@@ -7,26 +7,130 @@
 #   gpu_kernels/device_check.sh                detect the GPU, build for it,
 #                                              run the test, then the bench;
 #                                              log in $OUT/device_check.log
+#   gpu_kernels/device_check.sh --emulate      no GPU needed: build the kernels
+#                                              and the test with the host
+#                                              compiler against gpu_kernels/emu
+#                                              (a CPU emulation of CUDA) and run
+#                                              the emulator's self-test and the
+#                                              test, -O2 (full test), then
+#                                              ASan + UBSan (--quick, 1 emulated
+#                                              SM). Checks logic and memory
+#                                              accesses, not speed; log in
+#                                              $OUT/device_check_emulate.log
 # Environment: NVCC (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc),
-# OUT (default: gpu_kernels/build/out). Exit status: nonzero if the build or
-# the test fails (a failing benchmark is reported but does not fail the run).
+# OUT (default: gpu_kernels/build/out); for --emulate also CXX (default g++)
+# and CUDA_INCLUDE, the toolkit's headers (default: $CUDA_HOME/include, else
+# the include/ beside nvcc). Exit status: nonzero if the build or the test
+# fails (a failing benchmark is reported but does not fail the run).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUILD_ONLY=0
+EMULATE=0
 for arg in "$@"; do
   case "$arg" in
     --build-only) BUILD_ONLY=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --emulate) EMULATE=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
+if [[ "$BUILD_ONLY" == 1 && "$EMULATE" == 1 ]]; then
+  echo "--build-only and --emulate exclude each other" >&2; exit 2
+fi
 
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 BUILD="$ROOT/gpu_kernels/build"
 mkdir -p "$BUILD"
 NPROC="$(nproc 2>/dev/null || echo 2)"
+
+if [[ "$EMULATE" == 1 ]]; then
+  # CPU emulation (gpu_kernels/emu, see cuda_emu.h): every kernel thread is a
+  # fiber that switches only at __syncthreads and warp collectives. It checks
+  # what the kernels compute and, under AddressSanitizer, which memory they
+  # touch; it cannot see data races, and its timings mean nothing.
+  OUT="${OUT:-$ROOT/gpu_kernels/build/out}"
+  mkdir -p "$OUT"
+  LOG="$OUT/device_check_emulate.log"
+  : > "$LOG"
+  exec > >(tee -a "$LOG") 2>&1
+  echo "== device_check --emulate $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  echo "== CPU EMULATION of CUDA (no GPU): checks the kernels' logic and memory"
+  echo "   accesses, NOT their speed"
+  CXX="${CXX:-g++}"
+  if [[ -z "${CUDA_INCLUDE:-}" ]]; then
+    # nvcc may be a wrapper script: ask it where its headers are.
+    for c in ${CUDA_HOME:+"$CUDA_HOME/include"} \
+             "$(dirname "$(readlink -f "$NVCC")")/../include" \
+             "$("$NVCC" --dryrun -E -x cu /dev/null 2>&1 |
+                sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)" \
+             /usr/local/cuda/include; do
+      if [[ -f "$c/cuda_fp16.h" ]]; then CUDA_INCLUDE="$(cd "$c" && pwd -P)"; break; fi
+    done
+  fi
+  if [[ ! -f "${CUDA_INCLUDE:-}/cuda_fp16.h" ]]; then
+    echo "no CUDA toolkit headers found (set CUDA_INCLUDE)"; exit 3
+  fi
+  echo "== $("$CXX" --version | head -1); CUDA headers: $CUDA_INCLUDE"
+  # -fno-strict-aliasing: the kernels move bytes as uint4 / float4 / ushort
+  # words, as CUDA code does; the host compiler's type-based aliasing must
+  # not reorder those. -Wno-maybe-uninitialized: g++ cannot see through the
+  # kernels' guards (loads and uses under the same condition).
+  EFLAGS=(-std=c++17 -DTFMH_CUDA_EMULATION -I"$ROOT" -I"$CUDA_INCLUDE"
+          -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter
+          -Wno-unknown-pragmas -Wno-maybe-uninitialized)
+  SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=all
+            -fno-omit-frame-pointer)
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+
+  emu_build() {  # dir, then extra compiler flags
+    local dir="$1"; shift
+    local t0=$SECONDS src fail=0 pids=()
+    mkdir -p "$dir"
+    for src in gpu_kernels/multihash_gpu.cu gpu_kernels/tests/multihash_gpu_test.cu \
+               gpu_kernels/emu/cuda_emu.cc gpu_kernels/emu/cuda_emu_test.cc; do
+      "$CXX" "${EFLAGS[@]}" "$@" -x c++ -c "$src" \
+          -o "$dir/$(basename "${src%.*}").o" & pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || fail=1; done
+    if [[ "$fail" != 0 ]]; then echo "== BUILD FAILED"; return 1; fi
+    "$CXX" "$@" -o "$dir/multihash_gpu_test" "$dir/multihash_gpu_test.o" \
+        "$dir/multihash_gpu.o" "$dir/cuda_emu.o" &&
+      "$CXX" "$@" -o "$dir/cuda_emu_test" "$dir/cuda_emu_test.o" "$dir/cuda_emu.o" ||
+      { echo "== LINK FAILED"; return 1; }
+    echo "   built in $((SECONDS - t0)) s"
+  }
+
+  FAIL=0
+  emu_run() {  # label, time limit in s, then the command
+    local label="$1" limit="$2"; shift 2
+    echo "== $label"
+    local t0=$SECONDS
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "== $label: exit status $rc in $((SECONDS - t0)) s"
+    if [[ "$rc" != 0 ]]; then FAIL=1; fi
+  }
+
+  T0=$SECONDS
+  echo "== building (-O2) in $BUILD/emu"
+  emu_build "$BUILD/emu" -O2 || exit 1
+  emu_run "emulator self-test" 60 "$BUILD/emu/cuda_emu_test"
+  emu_run "test (emulated)" 300 "$BUILD/emu/multihash_gpu_test"
+  echo "== building (-O1, AddressSanitizer + UBSan) in $BUILD/emu-asan"
+  emu_build "$BUILD/emu-asan" -O1 "${SANITIZE[@]}" || exit 1
+  emu_run "emulator self-test (ASan + UBSan)" 120 "$BUILD/emu-asan/cuda_emu_test"
+  # The memcheck. One emulated SM means grids of 8 blocks, so the --quick
+  # sizes already take several grid-stride passes (where reads past the end
+  # of an array hide).
+  emu_run "memcheck: test --quick under ASan + UBSan, 1 emulated SM" 400 \
+      env TFMH_EMU_SMS=1 "$BUILD/emu-asan/multihash_gpu_test" --quick
+  echo "== total $((SECONDS - T0)) s"
+  if [[ "$FAIL" != 0 ]]; then echo "== EMULATED TEST FAILED"; exit 1; fi
+  echo "== OK (CPU emulation: logic and memory accesses checked, speed not)"
+  exit 0
+fi
 
 if [[ "$BUILD_ONLY" == 1 ]]; then
   LOG=/dev/null

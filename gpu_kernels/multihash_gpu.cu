@@ -812,6 +812,340 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+// ------------------------------------------------------------ dense backward
+// kDense: every (table, row) pair has a key, key = ko.off[j] + row, as in
+// the sorted path; marks[key] = 1 for the keys of in-range ids, their
+// inclusive scan numbers the distinct rows, and the gradient is summed into
+// a dense float accumulator: table j's row r at floats
+// acc + acc_off[j] + r * width[j].
+struct AccOffsets {
+  unsigned long long off[kMaxTables];  // multiples of 4 floats
+};
+
+template <typename Index>
+__global__ void __launch_bounds__(kBlock)
+    MarkKernel(const __grid_constant__ Layout l,
+               const __grid_constant__ KeyOffsets ko,
+               const Index* __restrict__ ids, int64_t n,
+               uint32_t* __restrict__ marks) {
+  const int k = l.num_tables;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+       i < n; i += stride) {
+    const Index raw = ids[i];
+    if (!IdInRange(l, raw)) continue;
+    for (int j = 0; j < k; ++j) {
+      uint32_t* m = marks + ko.off[j] +
+                    static_cast<unsigned long long>(
+                        TableRow(l, j, static_cast<int64_t>(raw)));
+      // Marks only go from 0 to 1, so a stale read costs one more store at
+      // worst; skipping the store keeps frequent rows from queueing
+      // thousands of writes to one L2 line.
+      if (*m == 0u) *m = 1u;
+    }
+  }
+}
+
+// One block: bounds[s] = distinct rows before shard s (bounds[S] = all of
+// them) from the inclusive scan `incl` of the marks, and the shard counts.
+__global__ void DenseBoundsKernel(const __grid_constant__ BoundTargets targets,
+                                  int num_shards,
+                                  const uint32_t* __restrict__ incl,
+                                  int64_t* __restrict__ bounds,
+                                  int64_t* __restrict__ counts) {
+  const int b = threadIdx.x;
+  if (b <= num_shards) {
+    const unsigned long long key = targets.key[b];
+    bounds[b] = key == 0 ? 0 : static_cast<int64_t>(incl[key - 1]);
+  }
+  __syncthreads();
+  if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
+}
+
+// N floats added atomically at p (4 * N-byte aligned).
+template <int N>
+__device__ __forceinline__ void AtomicAddFloats(float* p, const float (&a)[N]) {
+  constexpr bool kVector4 = TFMH_VECTOR_ATOMICS && N % 4 == 0;
+  constexpr bool kVector2 = TFMH_VECTOR_ATOMICS && N == 2;
+  if constexpr (kVector4) {
+#if TFMH_VECTOR_ATOMICS
+#pragma unroll
+    for (int e = 0; e < N; e += 4) {
+      atomicAdd(reinterpret_cast<float4*>(p + e),
+                make_float4(a[e], a[e + 1], a[e + 2], a[e + 3]));
+    }
+#endif
+  } else if constexpr (kVector2) {
+#if TFMH_VECTOR_ATOMICS
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(a[0], a[1]));
+#endif
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) atomicAdd(p + e, a[e]);
+  }
+}
+
+// The one pass over the gradient of kDense. Same walk as LookupKernel (a
+// warp per tile of 32 ids, lane L computes id L's addresses once, a group of
+// G lanes per id, U ids per batch): lane L computes the accumulator row of
+// every table (and, for mul, the table rows), and the group loads its id's
+// gradient vector once and adds it (for mul: times the other tables'
+// elements) to every table's accumulator row (for concat: to the one table
+// that owns the vector's columns).
+//
+// Frequent rows: ids of a tile that share a table's row are found with
+// __match_any_sync, and only the first of them adds, once, the sum of all
+// their contributions (reading the others' gradient vectors, and for mul
+// their rows, again). So a row that a quarter of the ids hit takes about
+// one atomic per tile instead of eight.
+template <typename T, int V, int KMAX, int U>
+__global__ void __launch_bounds__(kBlock)
+    DenseScatterKernel(const __grid_constant__ Layout l,
+                       const __grid_constant__ ShardPointers sp,
+                       const __grid_constant__ AccOffsets ao,
+                       const void* __restrict__ ids, int ids64, int64_t n,
+                       const char* __restrict__ grad, float* __restrict__ acc,
+                       int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  constexpr unsigned kFull = 0xffffffffu;
+  const int G = 1 << log2_group;
+  const int lane = threadIdx.x & 31;
+  const int glane = lane & (G - 1);
+  const int gid = lane >> log2_group;
+  const int per_step = 32 >> log2_group;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  const int64_t warp_base =
+      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  const int nv_out = l.out_width / N;
+  const int64_t grad_row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+
+  // Contribution of tile slot p (another id with the same row of table j)
+  // to output vector v of table j, added to c: its gradient vector at byte
+  // offset `off` of its row, times (mul) its other tables' elements.
+  auto add_peer = [&](int64_t base, int p, int j, int64_t off, float (&c)[N]) {
+    const P gp = LoadPack<T, V>(grad + (base + p) * grad_row_bytes + off);
+    float f[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) f[e] = Elem<T>::ToF(gp.e[e]);
+    if (op == Combine::kMul) {
+      const int64_t id = IdAt(ids, ids64, base + p);
+#pragma unroll
+      for (int t = 0; t < KMAX; ++t) {
+        if (t < k && t != j) {
+          const P x = LoadPack<T, V>(
+              reinterpret_cast<const char*>(RowAddr<T>(l, sp, t, id)) + off);
+#pragma unroll
+          for (int e = 0; e < N; ++e) f[e] *= Elem<T>::ToF(x.e[e]);
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < N; ++e) c[e] += f[e];
+  };
+  // Adds c, plus the contributions of the other slots in `peers`, at dst;
+  // nothing unless `slot` is the first of its peers.
+  auto flush = [&](int64_t base, int slot, unsigned peers, int j, int64_t off,
+                   float* dst, float (&c)[N]) {
+    if ((peers & ((1u << slot) - 1u)) != 0u) return;  // an earlier slot adds
+    unsigned rest = peers & ~(1u << slot);
+    while (rest != 0u) {
+      const int p = __ffs(rest) - 1;
+      rest &= rest - 1u;
+      add_peer(base, p, j, off, c);
+    }
+    AtomicAddFloats<N>(dst, c);
+  };
+
+  int64_t next_id =
+      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
+  for (int64_t base = warp_base; base < n; base += stride) {
+    const int64_t i = base + lane;
+    const int64_t id = next_id;
+    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+    unsigned long long mine[KMAX];  // table rows (mul only)
+    bool ok;
+    if (op == Combine::kMul) {
+      ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
+    } else {
+      ok = i < n && IdInRange(l, id);
+#pragma unroll
+      for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
+    }
+    unsigned long long mine_acc[KMAX];  // accumulator rows
+    unsigned mine_peers[KMAX];          // tile slots with the same row
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) {
+      mine_acc[j] = 0ull;
+      mine_peers[j] = 1u << lane;
+      if (j < k) {
+        if (ok) {
+          mine_acc[j] = reinterpret_cast<unsigned long long>(
+              acc + ao.off[j] +
+              static_cast<unsigned long long>(TableRow(l, j, id)) *
+                  static_cast<unsigned long long>(l.width[j]));
+        }
+        // Lanes without an id get keys no accumulator address can equal.
+        const unsigned long long key =
+            ok ? mine_acc[j] : ~0ull - static_cast<unsigned long long>(lane);
+        mine_peers[j] = __match_any_sync(kFull, key);
+      }
+    }
+    const unsigned ok_mask = __ballot_sync(kFull, ok);
+    const int cnt = static_cast<int>(min(int64_t{32}, n - base));
+
+    for (int s0 = 0; s0 < G; s0 += U) {
+      TileBatch<U, KMAX> rows, accs;
+      ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine_acc,
+                              &accs);
+      if (op == Combine::kMul) {
+        ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine,
+                                &rows);
+      }
+      const auto& q = accs.q;
+      const auto& good = accs.good;
+      unsigned peers[U][KMAX];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          peers[u][j] = 0u;
+          if (j < k) peers[u][j] = __shfl_sync(kFull, mine_peers[j], q[u]);
+        }
+      }
+      for (int v = glane; v < nv_out; v += G) {
+        const int64_t off = static_cast<int64_t>(v) * V;
+        P gv[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (good[u]) gv[u] = LoadPack<T, V>(grad + (base + q[u]) * grad_row_bytes + off);
+        }
+        if (op == Combine::kConcat) {
+          // Vector v belongs to the last table whose columns start at or
+          // before it (every width is a multiple of N).
+          int jv = 0;
+#pragma unroll
+          for (int j = 1; j < KMAX; ++j) {
+            if (j < k && v >= l.col_offset[j] / N) jv = j;
+          }
+          const int vl = v - l.col_offset[jv] / N;
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (!good[u]) continue;
+            float c[N];
+#pragma unroll
+            for (int e = 0; e < N; ++e) c[e] = Elem<T>::ToF(gv[u].e[e]);
+            unsigned long long dst = 0ull;
+            unsigned pm = 0u;
+#pragma unroll
+            for (int j = 0; j < KMAX; ++j) {
+              if (j == jv) {
+                dst = accs.a[u][j];
+                pm = peers[u][j];
+              }
+            }
+            flush(base, q[u], pm, jv, off, reinterpret_cast<float*>(dst) + vl * N, c);
+          }
+          continue;
+        }
+        P x[U][KMAX];
+        if (op == Combine::kMul) {
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+#pragma unroll
+            for (int j = 0; j < KMAX; ++j) {
+              if (good[u] && j < k) {
+                x[u][j] = LoadPack<T, V>(
+                    reinterpret_cast<const char*>(rows.a[u][j]) + off);
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (!good[u]) continue;
+#pragma unroll
+          for (int j = 0; j < KMAX; ++j) {
+            if (j < k) {
+              float c[N];
+#pragma unroll
+              for (int e = 0; e < N; ++e) {
+                float f = 1.f;
+                if (op == Combine::kMul) {
+                  f = CombinePartial<float>(op, k, j, [&](int t) {
+                    float xv = 0.f;
+#pragma unroll
+                    for (int tt = 0; tt < KMAX; ++tt) {
+                      if (tt == t) xv = Elem<T>::ToF(x[u][tt].e[e]);
+                    }
+                    return xv;
+                  });
+                }
+                c[e] = Elem<T>::ToF(gv[u].e[e]) * f;
+              }
+              flush(base, q[u], peers[u][j], j, off,
+                    reinterpret_cast<float*>(accs.a[u][j]) + v * N, c);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// One group of G lanes per (key, column tile): a marked key's accumulator
+// row goes, converted to T, to its shard's next distinct row (its rank in
+// the scan), and its shard-local row to the indices.
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlock)
+    DenseCompactKernel(const __grid_constant__ Layout l,
+                       const __grid_constant__ ShardOutputs so,
+                       const __grid_constant__ KeyOffsets ko,
+                       const __grid_constant__ AccOffsets ao,
+                       const uint32_t* __restrict__ marks,
+                       const uint32_t* __restrict__ incl,
+                       const int64_t* __restrict__ bounds,
+                       const float* __restrict__ acc, int64_t num_keys,
+                       int64_t tiles, int ids64, int log2_group) {
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  const Group g = MakeGroup(log2_group);
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
+  const int64_t first =
+      (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
+  for (int64_t w = first; w < num_keys * tiles; w += groups) {
+    const int64_t key = w / tiles;
+    const int t = static_cast<int>(w - key * tiles);
+    if (marks[key] == 0u) continue;
+    const RunRef rr = DecodeKey(l, ko, static_cast<unsigned long long>(key));
+    const int j = rr.table;
+    const int64_t out_row =
+        static_cast<int64_t>(incl[key]) - 1 - bounds[rr.shard];
+    if (t == 0 && g.lane == 0) {
+      if (ids64) {
+        static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
+      } else {
+        static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
+            static_cast<int32_t>(rr.local_row);
+      }
+    }
+    const int v = t * g.size + g.lane;
+    if (v >= l.width[j] / N) continue;
+    const int64_t row = static_cast<int64_t>(key - ko.off[j]);
+    float a[N];
+    LoadFloats<N>(acc + ao.off[j] + row * l.width[j] + static_cast<int64_t>(v) * N, a);
+    P o;
+#pragma unroll
+    for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(a[e]);
+    char* dst = static_cast<char*>(so.values[rr.shard]) +
+                out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
+                static_cast<int64_t>(v) * V;
+    StorePack<T, V>(dst, o);
+  }
+}
+
 // ------------------------------------------------------------ host helpers
 size_t ElemSize(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 
@@ -1026,6 +1360,19 @@ char* AlignedBase(void* ws) {
   return reinterpret_cast<char*>((x + kAlign - 1) / kAlign * kAlign);
 }
 
+// First key of every shard; [S] = the sentinel key.
+BoundTargets ShardTargets(const Layout& l, const KeyOffsets& ko) {
+  BoundTargets targets = {};
+  const int num_shards = l.shard_begin[l.num_tables];
+  for (int j = 0; j < l.num_tables; ++j) {
+    for (int sh = l.shard_begin[j]; sh < l.shard_begin[j + 1]; ++sh) {
+      targets.key[sh] = ko.off[j] + static_cast<unsigned long long>(l.shard_row[sh]);
+    }
+  }
+  targets.key[num_shards] = ko.off[l.num_tables];
+  return targets;
+}
+
 template <typename Index, typename Key>
 cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
                      char* ws, int64_t* h_counts, cudaStream_t s) {
@@ -1051,14 +1398,7 @@ cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
   e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, flags, run_id,
                                     items, s);
   if (e != cudaSuccess) return e;
-  BoundTargets targets = {};
-  for (int j = 0; j < l.num_tables; ++j) {
-    for (int sh = l.shard_begin[j]; sh < l.shard_begin[j + 1]; ++sh) {
-      targets.key[sh] = p.ko.off[j] + static_cast<unsigned long long>(l.shard_row[sh]);
-    }
-  }
-  targets.key[p.num_shards] = p.ko.off[l.num_tables];
-  TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(targets, p.num_shards, keys, p.m,
+  TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(ShardTargets(l, p.ko), p.num_shards, keys, p.m,
                                            run_id, bounds, counts);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
@@ -1108,6 +1448,168 @@ void FinishT(int v, const Layout& l, const ShardPointers& sp,
   }
 }
 
+// ------------------------------------------------------------ dense plan
+// kAuto takes kDense when the accumulator is no larger than the gradient
+// (so zeroing and compacting it cost less than the pass itself) and every
+// table has at least kDenseMinRows rows (fewer rows put thousands of ids'
+// atomics on the same addresses).
+constexpr int64_t kDenseMinRows = 64;
+
+struct DensePlan {
+  int64_t n = 0;
+  int num_shards = 0;
+  int64_t num_keys = 0;  // sum of the tables' rows
+  KeyOffsets ko = {};
+  AccOffsets ao = {};
+  unsigned long long acc_floats = 0;
+  // Byte offsets from the 256-aligned workspace base.
+  size_t counts = 0, bounds = 0, marks = 0, incl = 0, cub = 0, cub_bytes = 0;
+  size_t acc = 0;
+  size_t total = 0;  // including kAlign slack for an unaligned workspace
+};
+
+// Sum of rows and of accumulator floats (each table's rounded up to 4);
+// false if the keys do not fit CUB's int item count.
+bool DenseSizes(const Layout& l, KeyOffsets* ko, AccOffsets* ao,
+                unsigned long long* keys, unsigned long long* floats) {
+  unsigned long long r = 0, a = 0;
+  for (int j = 0; j < l.num_tables; ++j) {
+    ko->off[j] = r;
+    ao->off[j] = a;
+    r += static_cast<unsigned long long>(l.rows[j]);
+    if (r > static_cast<unsigned long long>(INT_MAX)) return false;
+    a += (static_cast<unsigned long long>(l.rows[j]) *
+              static_cast<unsigned long long>(l.width[j]) + 3ull) / 4ull * 4ull;
+  }
+  for (int j = l.num_tables; j <= kMaxTables; ++j) ko->off[j] = r;
+  *keys = r;
+  *floats = a;
+  return true;
+}
+
+cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
+  if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
+  *p = DensePlan();
+  p->n = n;
+  p->num_shards = l.shard_begin[l.num_tables];
+  unsigned long long keys = 0;
+  if (!DenseSizes(l, &p->ko, &p->ao, &keys, &p->acc_floats)) {
+    return cudaErrorInvalidValue;
+  }
+  if (p->acc_floats > (static_cast<unsigned long long>(SIZE_MAX) / 8) / sizeof(float)) {
+    return cudaErrorInvalidValue;
+  }
+  p->num_keys = static_cast<int64_t>(keys);
+  const size_t r = static_cast<size_t>(keys);
+  size_t off = 0;
+  p->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
+  p->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
+  p->marks = off; off += AlignUp(4 * r);
+  p->incl = off; off += AlignUp(4 * r);
+  cudaError_t e = cub::DeviceScan::InclusiveSum(
+      nullptr, p->cub_bytes, static_cast<const uint32_t*>(nullptr),
+      static_cast<uint32_t*>(nullptr), static_cast<int>(keys));
+  if (e != cudaSuccess) return e;
+  p->cub = off; off += AlignUp(std::max<size_t>(p->cub_bytes, 1));
+  p->acc = off; off += AlignUp(sizeof(float) * static_cast<size_t>(p->acc_floats));
+  p->total = off + kAlign;
+  return cudaSuccess;
+}
+
+GradAlgorithm Resolve(const Layout& l, int64_t n, GradAlgorithm requested) {
+  if (requested != GradAlgorithm::kAuto) return requested;
+  if (!LayoutOk(l) || n < 0) return GradAlgorithm::kSorted;
+  KeyOffsets ko = {};
+  AccOffsets ao = {};
+  unsigned long long keys = 0, floats = 0;
+  const bool dense_ok = DenseSizes(l, &ko, &ao, &keys, &floats);
+  const bool sorted_ok =
+      n <= static_cast<int64_t>(UINT32_MAX) &&
+      static_cast<int64_t>(l.num_tables) * n <= static_cast<int64_t>(INT_MAX);
+  if (!dense_ok) return GradAlgorithm::kSorted;
+  if (!sorted_ok) return GradAlgorithm::kDense;
+  int64_t min_rows = l.rows[0];
+  for (int j = 1; j < l.num_tables; ++j) min_rows = std::min(min_rows, l.rows[j]);
+  const unsigned long long grad_floats =
+      static_cast<unsigned long long>(n) * static_cast<unsigned long long>(l.out_width);
+  return min_rows >= kDenseMinRows && floats <= grad_floats ? GradAlgorithm::kDense
+                                                            : GradAlgorithm::kSorted;
+}
+
+template <typename Index>
+cudaError_t DensePrepareT(const Layout& l, const DensePlan& p, const void* ids,
+                          char* ws, int64_t* h_counts, cudaStream_t s) {
+  uint32_t* marks = reinterpret_cast<uint32_t*>(ws + p.marks);
+  uint32_t* incl = reinterpret_cast<uint32_t*>(ws + p.incl);
+  int64_t* bounds = reinterpret_cast<int64_t*>(ws + p.bounds);
+  int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
+  cudaError_t e = cudaMemsetAsync(marks, 0, sizeof(uint32_t) * p.num_keys, s);
+  if (e != cudaSuccess) return e;
+  if (p.n > 0) {
+    TFMH_LAUNCH(GridFor(p.n, 0), kBlock, 0, s, MarkKernel<Index>)(
+        l, p.ko, static_cast<const Index*>(ids), p.n, marks);
+  }
+  size_t cub_bytes = p.cub_bytes;
+  e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, marks, incl,
+                                    static_cast<int>(p.num_keys), s);
+  if (e != cudaSuccess) return e;
+  TFMH_LAUNCH(1, 128, 0, s, DenseBoundsKernel)(ShardTargets(l, p.ko),
+                                               p.num_shards, incl, bounds,
+                                               counts);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+                         cudaMemcpyDeviceToHost, s);
+}
+
+template <typename T, int V>
+void DenseFinishV(const Layout& l, const ShardPointers& sp,
+                  const ShardOutputs& so, const DensePlan& p, const char* ws,
+                  const void* ids, bool ids64, const char* grad,
+                  cudaStream_t s) {
+  constexpr int N = V / static_cast<int>(sizeof(T));
+  float* acc = reinterpret_cast<float*>(const_cast<char*>(ws) + p.acc);
+  if (p.n > 0) {
+    const int lg = GroupLog2(l.out_width / N);
+    const unsigned grid = GridFor((p.n + 31) / 32, 5);  // a warp per 32 ids
+    if (l.num_tables <= 2) {
+      TFMH_LAUNCH(grid, kBlock, 0, s, DenseScatterKernel<T, V, 2, 2>)(
+          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, lg);
+    } else {
+      TFMH_LAUNCH(grid, kBlock, 0, s, DenseScatterKernel<T, V, kMaxTables, 1>)(
+          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, lg);
+    }
+  }
+  int wmax = 0;
+  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
+  const int64_t nv = wmax / N;  // every width is a multiple of N
+  const int lg = GroupLog2(nv);
+  const int64_t tiles = (nv + (1 << lg) - 1) >> lg;
+  TFMH_LAUNCH(GridFor(p.num_keys * tiles, lg), kBlock, 0, s,
+              DenseCompactKernel<T, V>)(
+      l, so, p.ko, p.ao, reinterpret_cast<const uint32_t*>(ws + p.marks),
+      reinterpret_cast<const uint32_t*>(ws + p.incl),
+      reinterpret_cast<const int64_t*>(ws + p.bounds), acc, p.num_keys, tiles,
+      ids64 ? 1 : 0, lg);
+}
+
+template <typename T>
+void DenseFinishT(int v, const Layout& l, const ShardPointers& sp,
+                  const ShardOutputs& so, const DensePlan& p, const char* ws,
+                  const void* ids, bool ids64, const char* grad,
+                  cudaStream_t s) {
+  switch (v) {
+    case 16: DenseFinishV<T, 16>(l, sp, so, p, ws, ids, ids64, grad, s); break;
+    case 8: DenseFinishV<T, 8>(l, sp, so, p, ws, ids, ids64, grad, s); break;
+    case 4: DenseFinishV<T, 4>(l, sp, so, p, ws, ids, ids64, grad, s); break;
+    default:
+      if constexpr (sizeof(T) == 2) {
+        DenseFinishV<T, 2>(l, sp, so, p, ws, ids, ids64, grad, s);
+      }
+      break;
+  }
+}
+
 }  // namespace
 
 const char* ErrorString(Status status) {
@@ -1146,24 +1648,62 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
   return cudaGetLastError();
 }
 
+bool KnownAlgorithm(GradAlgorithm a) {
+  return a == GradAlgorithm::kAuto || a == GradAlgorithm::kSorted ||
+         a == GradAlgorithm::kDense;
+}
+
+GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
+                                  GradAlgorithm requested) {
+  return Resolve(layout, n, requested);
+}
+
 size_t LookupGradWorkspaceBytes(const Layout& layout, IdType id_type,
-                                int64_t n) {
-  GradPlan p;
-  if (MakeGradPlan(layout, id_type, n, &p) != cudaSuccess) {
+                                int64_t n, GradAlgorithm algorithm) {
+  if (!KnownAlgorithm(algorithm)) return 0;
+  cudaError_t e;
+  size_t total = 0;
+  if (Resolve(layout, n, algorithm) == GradAlgorithm::kDense) {
+    DensePlan p;
+    e = MakeDensePlan(layout, n, &p);
+    total = p.total;
+  } else {
+    GradPlan p;
+    e = MakeGradPlan(layout, id_type, n, &p);
+    total = p.total;
+  }
+  if (e != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
-  return p.total;
+  return total;
 }
 
 Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                                IdType id_type, const void* d_ids, int64_t n,
                                void* d_workspace, size_t workspace_bytes,
-                               int64_t* h_shard_counts, void* stream) {
+                               int64_t* h_shard_counts, void* stream,
+                               GradAlgorithm algorithm) {
   (void)dtype;
+  if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool i32 = id_type == IdType::kInt32;
+  cudaError_t e;
+  if (Resolve(layout, n, algorithm) == GradAlgorithm::kDense) {
+    DensePlan p;
+    e = MakeDensePlan(layout, n, &p);
+    if (e != cudaSuccess) return e;
+    if (d_workspace == nullptr || workspace_bytes < p.total) {
+      return cudaErrorInvalidValue;
+    }
+    char* ws = AlignedBase(d_workspace);
+    e = i32 ? DensePrepareT<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
+            : DensePrepareT<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
+    if (e != cudaSuccess) return e;
+    return cudaGetLastError();
+  }
   GradPlan p;
-  cudaError_t e = MakeGradPlan(layout, id_type, n, &p);
+  e = MakeGradPlan(layout, id_type, n, &p);
   if (e != cudaSuccess) return e;
   if (d_workspace == nullptr || workspace_bytes < p.total) {
     return cudaErrorInvalidValue;
@@ -1177,7 +1717,6 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                            sizeof(int64_t) * p.num_shards,
                            cudaMemcpyDeviceToHost, s);
   }
-  const bool i32 = id_type == IdType::kInt32;
   if (p.key64) {
     e = i32 ? PrepareT<int32_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s)
             : PrepareT<int64_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s);
@@ -1194,31 +1733,61 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               const void* d_ids, const void* d_grad, int64_t n,
                               void* d_workspace, size_t workspace_bytes,
                               void* const* d_indices, void* const* d_values,
-                              void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  GradPlan p;
-  cudaError_t e = MakeGradPlan(layout, id_type, n, &p);
-  if (e != cudaSuccess) return e;
-  if (d_workspace == nullptr || workspace_bytes < p.total) {
+                              void* stream, GradAlgorithm algorithm) {
+  if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 &&
+      dtype != DType::kBFloat16) {
     return cudaErrorInvalidValue;
   }
-  if (p.m == 0) return cudaGetLastError();
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool dense = Resolve(layout, n, algorithm) == GradAlgorithm::kDense;
+  GradPlan p;
+  DensePlan dp;
+  cudaError_t e = dense ? MakeDensePlan(layout, n, &dp)
+                        : MakeGradPlan(layout, id_type, n, &p);
+  if (e != cudaSuccess) return e;
+  if (d_workspace == nullptr ||
+      workspace_bytes < (dense ? dp.total : p.total)) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaGetLastError();
   char* ws = AlignedBase(d_workspace);
+  const int num_shards = layout.shard_begin[layout.num_tables];
   ShardOutputs so = {};
   const void* ptrs[2 * kMaxShards + 1];
   int np = 0;
   ptrs[np++] = d_grad;
-  for (int q = 0; q < p.num_shards; ++q) {
+  for (int q = 0; q < num_shards; ++q) {
     so.indices[q] = d_indices[q];
     so.values[q] = d_values[q];
     ptrs[np++] = d_values[q];
     if (layout.combine == Combine::kMul) ptrs[np++] = shards.data[q];
   }
   const int v = ChooseVector(layout, ElemSize(dtype), ptrs, np);
+  const bool ids64 = id_type == IdType::kInt64;
+  const char* grad = static_cast<const char*>(d_grad);
+
+  if (dense) {
+    e = cudaMemsetAsync(ws + dp.acc, 0, sizeof(float) * dp.acc_floats, s);
+    if (e != cudaSuccess) return e;
+    switch (dtype) {
+      case DType::kFloat32:
+        DenseFinishT<float>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
+        break;
+      case DType::kFloat16:
+        DenseFinishT<__half>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
+        break;
+      default:
+        DenseFinishT<__nv_bfloat16>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
+        break;
+    }
+    return cudaGetLastError();
+  }
+
   GradArgs a = {};
   a.ids = d_ids;
-  a.ids64 = id_type == IdType::kInt64 ? 1 : 0;
-  a.grad = static_cast<const char*>(d_grad);
+  a.ids64 = ids64 ? 1 : 0;
+  a.grad = grad;
   a.n = p.n;
   a.m = p.m;
   a.chunk = p.chunk;
@@ -1240,11 +1809,9 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
     case DType::kFloat16:
       FinishT<__half>(v, layout, shards, so, a, prod, s);
       break;
-    case DType::kBFloat16:
+    default:
       FinishT<__nv_bfloat16>(v, layout, shards, so, a, prod, s);
       break;
-    default:
-      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

@@ -43,32 +43,56 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
 // ---------------------------------------------------------------- backward
 // Per-table sparse gradients with duplicate rows summed, in two phases
 // because output sizes depend on the data:
-//   1. LaunchLookupGradPrepare sorts the ids' rows of every table, finds the
-//      unique rows and writes the number of unique rows of every shard to
-//      h_shard_counts (host memory, layout.shard_begin[num_tables] entries,
-//      pinned for a true async copy). The caller synchronizes the stream,
-//      then allocates each shard's outputs with those counts.
+//   1. LaunchLookupGradPrepare finds the distinct rows of every table and
+//      writes the number of distinct rows of every shard to h_shard_counts
+//      (host memory, layout.shard_begin[num_tables] entries, pinned for a
+//      true async copy). The caller synchronizes the stream, then allocates
+//      each shard's outputs with those counts.
 //   2. LaunchLookupGradFinish writes, for every shard s, d_indices[s] (the
-//      unique shard-local rows, ascending, as id_type) and d_values[s]
+//      distinct shard-local rows, ascending, as id_type) and d_values[s]
 //      (count x width[j] rows of dtype: the summed gradient of each row).
-// Both phases use the same caller-allocated workspace of
-// LookupGradWorkspaceBytes() bytes (256-byte aligned), which holds the state
-// between them. Ids must already be known to be in range (the forward pass
-// checks them); out-of-range ids are skipped, never read or written.
+// All three calls take the same algorithm, and both phases use the same
+// caller-allocated workspace of LookupGradWorkspaceBytes() bytes (256-byte
+// aligned), which holds the state between them. Ids must already be known to
+// be in range (the forward pass checks them); out-of-range ids are skipped,
+// never read or written. Sums are in float whatever the table type.
+enum class GradAlgorithm : int32_t {
+  // kDense where ChosenGradAlgorithm says it pays, else kSorted.
+  kAuto = 0,
+  // Deterministic: one radix sort of (table, row) keys, then segment sums
+  // in ascending id position; every run gives the same bits. At most
+  // 2^32 - 1 ids and num_tables * ids <= 2^31 - 1.
+  kSorted = 1,
+  // One pass over the gradient: float atomic adds into a dense float
+  // accumulator of every table (sum of rows[j] * width[j] floats), then the
+  // touched rows are compacted. No sort; the order of the additions, and so
+  // the last bits of a sum, can differ between runs.
+  kDense = 2,
+};
+
+// The algorithm kAuto resolves to for this layout and id count (kSorted
+// and kDense resolve to themselves).
+GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
+                                  GradAlgorithm requested);
+
+// 0 if the layout or n is not supported by the algorithm.
 size_t LookupGradWorkspaceBytes(const Layout& layout, IdType id_type,
-                                int64_t n);
+                                int64_t n,
+                                GradAlgorithm algorithm = GradAlgorithm::kAuto);
 
 Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                                IdType id_type, const void* d_ids, int64_t n,
                                void* d_workspace, size_t workspace_bytes,
-                               int64_t* h_shard_counts, void* stream);
+                               int64_t* h_shard_counts, void* stream,
+                               GradAlgorithm algorithm = GradAlgorithm::kAuto);
 
 Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               IdType id_type, const ShardPointers& shards,
                               const void* d_ids, const void* d_grad, int64_t n,
                               void* d_workspace, size_t workspace_bytes,
                               void* const* d_indices, void* const* d_values,
-                              void* stream);
+                              void* stream,
+                              GradAlgorithm algorithm = GradAlgorithm::kAuto);
 
 }  // namespace gpu
 }  // namespace tfmh

@@ -11,6 +11,7 @@
 #include "gpu_kernels/multihash_gpu.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/util/determinism.h"
 #include "xla/stream_executor/device_address.h"
 #include "xla/stream_executor/stream.h"
 
@@ -143,14 +144,25 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     void* stream = CudaStreamOf(ctx);
 
     // Phase 1 finds the distinct rows of every shard; their counts size the
-    // outputs, so they come back to the host before phase 2.
+    // outputs, so they come back to the host before phase 2. With
+    // tf.config.experimental.enable_op_determinism() the sums take the
+    // sorted algorithm, which gives the same bits on every run; otherwise
+    // the launcher may add with atomics (see multihash_gpu.h).
+    const tfmh::gpu::GradAlgorithm algorithm =
+        OpDeterminismRequired() ? tfmh::gpu::GradAlgorithm::kSorted
+                                : tfmh::gpu::GradAlgorithm::kAuto;
     const size_t ws_bytes =
-        tfmh::gpu::LookupGradWorkspaceBytes(l, id_type, n);
-    OP_REQUIRES(ctx, ws_bytes > 0,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "the GPU gradient supports at most 2^32 - 1 ids and "
-                    "k * ids <= 2^31 - 1, got ",
-                    n, " ids and ", l.num_tables, " tables")));
+        tfmh::gpu::LookupGradWorkspaceBytes(l, id_type, n, algorithm);
+    if (ws_bytes == 0) {
+      int64_t rows = 0;
+      for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
+      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(
+          "the GPU gradient cannot sum ", n, " ids over ", l.num_tables,
+          " tables of ", rows,
+          " rows in all: the deterministic algorithm takes at most 2^32 - 1 "
+          "ids and k * ids <= 2^31 - 1, the other at most 2^31 - 1 rows")));
+      return;
+    }
     Tensor workspace, counts;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(
                             DT_INT8,
@@ -162,7 +174,8 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                      tfmh::gpu::LaunchLookupGradPrepare(
                                          l, GpuDType<T>::value, id_type,
                                          ids.data(), n, workspace.data(),
-                                         ws_bytes, h_counts, stream)));
+                                         ws_bytes, h_counts, stream,
+                                         algorithm)));
     OP_REQUIRES_OK(ctx, StreamOf(ctx)->BlockHostUntilDone());
 
     std::vector<void*> indices(num_shards), values(num_shards);
@@ -185,7 +198,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          PointersOf(tables), ids.data(),
                                          grad.data(), n, workspace.data(),
                                          ws_bytes, indices.data(),
-                                         values.data(), stream)));
+                                         values.data(), stream, algorithm)));
   }
 };
 

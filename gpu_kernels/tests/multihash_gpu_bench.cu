@@ -1,14 +1,17 @@
 // Standalone benchmark of the multi-hash CUDA kernels (no TensorFlow).
 //
-// Q-R layout, k = 2, rows_Q = rows_R = 1000 (capacity 1e6), float32, uniform
-// int64 ids, one shard per table. For B in {64Ki, 1Mi, 8Mi}, D in {16, 64,
-// 128} and add/mul/concat (concat: widths D/2 + D/2) it times, as the median
-// of 20 reps with CUDA events:
+// Q-R layout, k = 2, rows_Q = rows_R = 1000 (capacity 1e6), float32, int64
+// ids, one shard per table. For uniform ids with B in {64Ki, 1Mi, 8Mi}, D in
+// {16, 64, 128}, and skewed ids (a quarter on one Q row) with B = 1Mi, D = 64,
+// and add/mul/concat (concat: widths D/2 + D/2) it times, as the median of 20
+// reps with CUDA events:
 //   fwd   - LaunchLookup;
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
-//   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish.
+//   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish,
+//           once with the sorted and once with the dense algorithm ("prep":
+//           prepare + sync alone; "auto": what kAuto picks for that shape).
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -62,10 +65,18 @@ __device__ __forceinline__ uint64_t SplitMix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-__global__ void FillIds(int64_t* ids, int64_t n, int64_t cap, uint64_t seed) {
+// Uniform ids in [0, cap), or skewed ones: floor(u^5 * cap) for uniform u,
+// so that a quarter of the ids fall on Q row 0 of a 1000 x 1000 layout.
+__global__ void FillIds(int64_t* ids, int64_t n, int64_t cap, uint64_t seed, int skewed) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    ids[i] = static_cast<int64_t>(SplitMix(seed + i) % static_cast<uint64_t>(cap));
+    const uint64_t x = SplitMix(seed + i);
+    if (skewed) {
+      const double u = (x >> 11) * (1.0 / 9007199254740992.0);
+      ids[i] = min(cap - 1, static_cast<int64_t>(u * u * u * u * u * cap));
+    } else {
+      ids[i] = static_cast<int64_t>(x % static_cast<uint64_t>(cap));
+    }
   }
 }
 
@@ -174,19 +185,28 @@ int main() {
     CUDA_OK(cudaMemcpyAsync(c1, c0, copy_bytes, cudaMemcpyDeviceToDevice, s));
   });
   const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e6);
+  // Write-only bandwidth (the forward mostly writes): a memset.
+  const double set_ms = MedianMs(s, [&] {
+    CUDA_OK(cudaMemsetAsync(c1, 0, copy_bytes, s));
+  });
+  const double set_gbs = copy_bytes / (set_ms * 1e6);
   CUDA_OK(cudaFree(c0));
   CUDA_OK(cudaFree(c1));
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount);
   std::printf("device-to-device cudaMemcpyAsync of %zu MiB: %.3f ms, %.1f GB/s "
-              "(read + write)\n\n",
+              "(read + write)\n",
               copy_bytes >> 20, copy_ms, copy_gbs);
+  std::printf("cudaMemsetAsync of %zu MiB: %.3f ms, %.1f GB/s (write only, %.1f%% of the "
+              "copy)\n\n",
+              copy_bytes >> 20, set_ms, set_gbs, 100.0 * set_gbs / copy_gbs);
   std::printf("Byte model: fwd = B*8 (ids) + B*D*4 (out); bwd = B*8 (ids) + B*D*4 "
               "(grad, read once) + unique rows * (8 + width*4) (indices + values). "
               "GB/s = bytes / median time; %% copy = of the memcpy bandwidth above.\n\n");
-  std::printf("| op | B | D | fwd ms | fwd GB/s | fwd %% copy | naive fwd ms | speedup | "
-              "bwd ms | bwd GB/s | bwd %% copy | max abs(fwd-naive) |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("| op | ids | B | D | fwd ms | fwd GB/s | fwd %% copy | naive fwd ms | speedup | "
+              "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
+              "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -195,8 +215,13 @@ int main() {
   int64_t* d_first_bad = nullptr;
   CUDA_OK(cudaMalloc(&d_first_bad, sizeof(int64_t)));
 
-  const int64_t batches[] = {65536, 1048576, 8388608};
-  const int dims[] = {16, 64, 128};
+  struct IdSet {
+    int64_t batch;
+    bool skewed;
+  };
+  const IdSet sets[] = {{65536, false}, {1048576, false}, {8388608, false}, {1048576, true}};
+  const int all_dims[] = {16, 64, 128};
+  const int skewed_dims[] = {64};
   const tfmh::Combine ops[] = {tfmh::Combine::kAdd, tfmh::Combine::kMul,
                                tfmh::Combine::kConcat};
   const int64_t dmax = 128;
@@ -210,7 +235,10 @@ int main() {
   CUDA_OK(cudaMalloc(&val_q, kRows * dmax * sizeof(float)));
   CUDA_OK(cudaMalloc(&val_r, kRows * dmax * sizeof(float)));
 
-  for (int64_t B : batches) {
+  for (const IdSet& set : sets) {
+    const int64_t B = set.batch;
+    const std::vector<int> dims = set.skewed ? std::vector<int>(std::begin(skewed_dims), std::end(skewed_dims))
+                                             : std::vector<int>(std::begin(all_dims), std::end(all_dims));
     int64_t *ids, *q, *r;
     float *out, *grad, *gq, *gr, *naive_out;
     CUDA_OK(cudaMalloc(&ids, B * 8));
@@ -221,7 +249,7 @@ int main() {
     CUDA_OK(cudaMalloc(&grad, B * dmax * sizeof(float)));
     CUDA_OK(cudaMalloc(&gq, B * dmax * sizeof(float)));
     CUDA_OK(cudaMalloc(&gr, B * dmax * sizeof(float)));
-    FillIds<<<Grid(B), 256, 0, s>>>(ids, B, kRows * kRows, 42 + B);
+    FillIds<<<Grid(B), 256, 0, s>>>(ids, B, kRows * kRows, 42 + B, set.skewed ? 1 : 0);
     FillFloats<<<Grid(B * dmax), 256, 0, s>>>(grad, B * dmax, 7, -1.f, 1.f);
     CUDA_OK(cudaGetLastError());
     for (int D : dims) {
@@ -270,32 +298,53 @@ int main() {
         if (first_bad != INT64_MAX) std::fprintf(stderr, "unexpected bad id at %lld\n",
                                                  static_cast<long long>(first_bad));
 
-        const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, it, B);
-        void* ws;
-        CUDA_OK(cudaMalloc(&ws, ws_bytes));
         void* idx_ptrs[2] = {idx_q, idx_r};
         void* val_ptrs[2] = {val_q, val_r};
         int64_t uniq = 0;
-        const double bwd_ms = MedianMs(s, [&] {
-          API_OK(tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, ids, B, ws, ws_bytes,
-                                                    h_counts, s));
-          CUDA_OK(cudaStreamSynchronize(s));
-          uniq = h_counts[0] + h_counts[1];
-          API_OK(tfmh::gpu::LaunchLookupGradFinish(l, dt, it, sp, ids, grad, B, ws,
-                                                   ws_bytes, idx_ptrs, val_ptrs, s));
-        });
-        CUDA_OK(cudaFree(ws));
+        // Median ms of the whole backward (prepare + host sync + finish),
+        // and of prepare + sync alone.
+        auto time_bwd = [&](tfmh::gpu::GradAlgorithm algo, double* prep_ms) {
+          const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, it, B, algo);
+          if (ws_bytes == 0) {
+            std::fprintf(stderr, "LookupGradWorkspaceBytes returned 0\n");
+            std::exit(2);
+          }
+          void* ws;
+          CUDA_OK(cudaMalloc(&ws, ws_bytes));
+          auto prepare = [&] {
+            API_OK(tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, ids, B, ws, ws_bytes,
+                                                      h_counts, s, algo));
+            CUDA_OK(cudaStreamSynchronize(s));
+            uniq = h_counts[0] + h_counts[1];
+          };
+          *prep_ms = MedianMs(s, prepare);
+          const double ms = MedianMs(s, [&] {
+            prepare();
+            API_OK(tfmh::gpu::LaunchLookupGradFinish(l, dt, it, sp, ids, grad, B, ws,
+                                                     ws_bytes, idx_ptrs, val_ptrs, s, algo));
+          });
+          CUDA_OK(cudaFree(ws));
+          return ms;
+        };
+        double sorted_prep = 0, dense_prep = 0;
+        const double sorted_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &sorted_prep);
+        const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
+        const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
+                                    l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
+                                tfmh::gpu::GradAlgorithm::kDense;
 
         const double fwd_bytes = B * 8.0 + B * (double)D * 4.0;
         const double bwd_bytes = B * 8.0 + B * (double)D * 4.0 + uniq * (8.0 + w * 4.0);
         const double fwd_gbs = fwd_bytes / (fwd_ms * 1e6);
-        const double bwd_gbs = bwd_bytes / (bwd_ms * 1e6);
-        std::printf("| %s | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.1f | "
-                    "%.1f%% | %.3g |\n",
+        const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
+        const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
+        std::printf("| %s | %s | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.4f | "
+                    "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
-                    static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
-                    naive_ms, naive_ms / fwd_ms, bwd_ms, bwd_gbs, 100.0 * bwd_gbs / copy_gbs,
-                    diff);
+                    set.skewed ? "skewed" : "uniform", static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
+                    naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
+                    100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
+                    100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);
       }
     }
