@@ -899,7 +899,7 @@ __device__ __forceinline__ void AtomicAddFloats(float* p, const float (&a)[N]) {
 // their rows, again). So a row that a quarter of the ids hit takes about
 // one atomic per tile instead of eight.
 template <typename T, int V, int KMAX, int U>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, 1)
     DenseScatterKernel(const __grid_constant__ Layout l,
                        const __grid_constant__ ShardPointers sp,
                        const __grid_constant__ AccOffsets ao,
@@ -932,9 +932,9 @@ __global__ void __launch_bounds__(kBlock)
     for (int e = 0; e < N; ++e) f[e] = Elem<T>::ToF(gp.e[e]);
     if (op == Combine::kMul) {
       const int64_t id = IdAt(ids, ids64, base + p);
-#pragma unroll
-      for (int t = 0; t < KMAX; ++t) {
-        if (t < k && t != j) {
+#pragma unroll 1
+      for (int t = 0; t < k; ++t) {
+        if (t != j) {
           const P x = LoadPack<T, V>(
               reinterpret_cast<const char*>(RowAddr<T>(l, sp, t, id)) + off);
 #pragma unroll
