@@ -10,13 +10,14 @@
 // combines them in float and writes one vector of the output row, several
 // ids per batch so that many row loads are in flight.
 //
-// Backward, phase 1 (Prepare): keys = table key offset + table row for every
+// Backward, two algorithms (GradAlgorithm in multihash_gpu.h).
+// Sorted, phase 1 (Prepare): keys = table key offset + table row for every
 // (table, id) pair, values = positions; one radix sort over the key bits in
 // use (stable: positions of a key stay ascending, so sums are deterministic);
 // head flags + inclusive scan give a 1-based run (= unique row) id per sorted
 // item; a one-block kernel binary-searches the shard boundaries to get every
 // shard's first run and count; the counts are copied to the host.
-// Phase 2 (Finish): for mul, a first pass over the ids in their original
+// Sorted, phase 2 (Finish): for mul, a first pass over the ids in their original
 // order (coalesced id and gradient reads, table rows from L2) writes, for
 // every table j, P_j[i] = grad[i] * prod_{q != j} row_q(id_i) as float into
 // the workspace; the sum then reads P_j exactly like add reads the gradient,
@@ -25,6 +26,14 @@
 // gradient vectors (P_j for mul) of each run segment in float. Runs that lie inside one chunk are written directly; a run crossing
 // chunk borders leaves one float partial per chunk, and a fix-up kernel (one
 // group per run owner) adds them in chunk order. Everything is deterministic.
+//
+// Dense, phase 1: marks[key] = 1 for every (table, row) key in use, an
+// inclusive scan numbers the distinct rows, and each shard's count is a
+// difference of two scan values. Phase 2: a zeroed float accumulator per
+// table; one tile walk over the ids reads each gradient row once and adds
+// it (for mul, times the other tables' rows) with float atomics, ids of a
+// tile that share a row adding once; then every marked key's accumulator
+// row is converted and written to its shard's rank in the scan.
 #include "gpu_kernels/multihash_gpu.h"
 
 #include "gpu_kernels/cuda_compat.h"
@@ -264,6 +273,45 @@ __device__ __forceinline__ void ShareTileBatch(
   }
 }
 
+// The lane layout of the tile walk that LookupKernel describes: groups of
+// G = 2^log2_group lanes, one id per group in each step.
+struct TileLanes {
+  int G, lane, glane, gid, per_step;
+  int64_t stride;     // threads in the grid: from one of a warp's tiles to the next
+  int64_t warp_base;  // first position of the warp's first tile
+};
+
+__device__ __forceinline__ TileLanes MakeTileLanes(int log2_group) {
+  TileLanes t;
+  t.G = 1 << log2_group;
+  t.lane = threadIdx.x & 31;
+  t.glane = t.lane & (t.G - 1);
+  t.gid = t.lane >> log2_group;
+  t.per_step = 32 >> log2_group;
+  t.stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  t.warp_base =
+      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  return t;
+}
+
+// Calls body(base, i, id) for each of the warp's tiles [base, base + 32):
+// lane L gets position i = base + L and the id there, loaded a tile ahead
+// (meaningless when i >= n). Warp-uniform: every lane makes every call.
+template <typename Body>
+__device__ __forceinline__ void ForEachTile(const TileLanes& t,
+                                            const void* ids, bool ids64,
+                                            int64_t n, Body&& body) {
+  int64_t next_id = t.warp_base + t.lane < n
+                        ? IdAt(ids, ids64, t.warp_base + t.lane)
+                        : int64_t{0};
+  for (int64_t base = t.warp_base; base < n; base += t.stride) {
+    const int64_t i = base + t.lane;
+    const int64_t id = next_id;
+    if (i + t.stride < n) next_id = IdAt(ids, ids64, i + t.stride);  // prefetch
+    body(base, i, id);
+  }
+}
+
 // Forward. A warp takes a tile of 32 consecutive ids: lane L loads id
 // base + L (one coalesced load, prefetched one tile ahead) and computes the
 // k row addresses of that id alone, so the id -> row arithmetic runs once per
@@ -285,27 +333,15 @@ __global__ void __launch_bounds__(kBlock)
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const int G = 1 << log2_group;
-  const int lane = threadIdx.x & 31;
-  const int glane = lane & (G - 1);
-  const int gid = lane >> log2_group;      // group within the warp
-  const int per_step = 32 >> log2_group;  // ids per step (one per group)
-  // Every warp owns the tiles [base, base + 32), base = its first thread's
-  // global index + multiples of the grid's thread count (warp-uniform).
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  const int64_t warp_base =
-      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const TileLanes tl = MakeTileLanes(log2_group);
+  const int G = tl.G, glane = tl.glane, gid = tl.gid, per_step = tl.per_step;
   const int k = l.num_tables;
   const Combine op = l.combine;
   const int nv_out = l.out_width / N;
   const int64_t row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
 
-  int64_t next_id =
-      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
-  for (int64_t base = warp_base; base < n; base += stride) {
-    const int64_t i = base + lane;
-    const int64_t id = next_id;
-    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                          int64_t id) {
     unsigned long long mine[KMAX];
     const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
     if (!ok && i < n && first_bad != nullptr) {
@@ -392,7 +428,7 @@ __global__ void __launch_bounds__(kBlock)
         }
       }
     }
-  }
+  });
 }
 
 __global__ void InitFirstBadKernel(int64_t* first_bad) {
@@ -543,14 +579,8 @@ __global__ void __launch_bounds__(kBlock)
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const int G = 1 << log2_group;
-  const int lane = threadIdx.x & 31;
-  const int glane = lane & (G - 1);
-  const int gid = lane >> log2_group;
-  const int per_step = 32 >> log2_group;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  const int64_t warp_base =
-      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const TileLanes tl = MakeTileLanes(log2_group);
+  const int G = tl.G, glane = tl.glane, gid = tl.gid, per_step = tl.per_step;
   const int k = l.num_tables;
   const Combine op = l.combine;
   const int64_t W = l.out_width;  // = width of every table (mul)
@@ -558,12 +588,8 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
   const int64_t table_stride = n * W;  // floats of one P_j
 
-  int64_t next_id =
-      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
-  for (int64_t base = warp_base; base < n; base += stride) {
-    const int64_t i = base + lane;
-    const int64_t id = next_id;
-    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                          int64_t id) {
     unsigned long long mine[KMAX];
     const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
     const unsigned ok_mask = __ballot_sync(kFull, ok);
@@ -623,7 +649,7 @@ __global__ void __launch_bounds__(kBlock)
         }
       }
     }
-  }
+  });
 }
 
 // One group per (chunk, column tile). See the file comment. kProd: the
@@ -909,14 +935,9 @@ __global__ void __launch_bounds__(kBlock, 1)
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const int G = 1 << log2_group;
-  const int lane = threadIdx.x & 31;
-  const int glane = lane & (G - 1);
-  const int gid = lane >> log2_group;
-  const int per_step = 32 >> log2_group;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  const int64_t warp_base =
-      static_cast<int64_t>(blockIdx.x) * kBlock + (threadIdx.x & ~31u);
+  const TileLanes tl = MakeTileLanes(log2_group);
+  const int G = tl.G, lane = tl.lane, glane = tl.glane, gid = tl.gid,
+            per_step = tl.per_step;
   const int k = l.num_tables;
   const Combine op = l.combine;
   const int nv_out = l.out_width / N;
@@ -959,12 +980,8 @@ __global__ void __launch_bounds__(kBlock, 1)
     AtomicAddFloats<N>(dst, c);
   };
 
-  int64_t next_id =
-      warp_base + lane < n ? IdAt(ids, ids64, warp_base + lane) : int64_t{0};
-  for (int64_t base = warp_base; base < n; base += stride) {
-    const int64_t i = base + lane;
-    const int64_t id = next_id;
-    if (i + stride < n) next_id = IdAt(ids, ids64, i + stride);  // prefetch
+  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                          int64_t id) {
     unsigned long long mine[KMAX];  // table rows (mul only)
     bool ok;
     if (op == Combine::kMul) {
@@ -1092,7 +1109,7 @@ __global__ void __launch_bounds__(kBlock, 1)
         }
       }
     }
-  }
+  });
 }
 
 // One group of G lanes per (key, column tile): a marked key's accumulator
