@@ -561,6 +561,25 @@ __global__ void ShardBoundsKernel(const __grid_constant__ BoundTargets targets,
   if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
 }
 
+// Element e of table j's share of one id's gradient vector g: g times the
+// other tables' elements for mul (x[t] holds table t's row vector), g
+// itself for add.
+template <typename T, int V, int KMAX>
+__device__ __forceinline__ float GradShare(Combine op, int k, int j,
+                                           const Pack<T, V>& g,
+                                           const Pack<T, V> (&x)[KMAX],
+                                           int e) {
+  const float f = CombinePartial<float>(op, k, j, [&](int t) {
+    float xv = 0.f;
+#pragma unroll
+    for (int tt = 0; tt < KMAX; ++tt) {
+      if (tt == t) xv = Elem<T>::ToF(x[tt].e[e]);
+    }
+    return xv;
+  });
+  return Elem<T>::ToF(g.e[e]) * f;
+}
+
 // Mul, before the sum: for every in-range position i (original order) and
 // every table j, P_j[i] = grad[i] * (product of the other tables' rows of
 // id i), in float, at prod + (j * n + i) * out_width; out-of-range ids get
@@ -630,18 +649,8 @@ __global__ void __launch_bounds__(kBlock)
               float o[N];
 #pragma unroll
               for (int e = 0; e < N; ++e) {
-                o[e] = 0.f;
-                if (good[u]) {
-                  const float f = CombinePartial<float>(op, k, j, [&](int t) {
-                    float xv = 0.f;
-#pragma unroll
-                    for (int tt = 0; tt < KMAX; ++tt) {
-                      if (tt == t) xv = Elem<T>::ToF(x[u][tt].e[e]);
-                    }
-                    return xv;
-                  });
-                  o[e] = Elem<T>::ToF(gv[u].e[e]) * f;
-                }
+                o[e] = good[u] ? GradShare<T, V, KMAX>(op, k, j, gv[u], x[u], e)
+                               : 0.f;
               }
               StoreFloats<N>(dst + j * table_stride, o);
             }
@@ -1089,18 +1098,7 @@ __global__ void __launch_bounds__(kBlock, 1)
               float c[N];
 #pragma unroll
               for (int e = 0; e < N; ++e) {
-                float f = 1.f;
-                if (op == Combine::kMul) {
-                  f = CombinePartial<float>(op, k, j, [&](int t) {
-                    float xv = 0.f;
-#pragma unroll
-                    for (int tt = 0; tt < KMAX; ++tt) {
-                      if (tt == t) xv = Elem<T>::ToF(x[u][tt].e[e]);
-                    }
-                    return xv;
-                  });
-                }
-                c[e] = Elem<T>::ToF(gv[u].e[e]) * f;
+                c[e] = GradShare<T, V, KMAX>(op, k, j, gv[u], x[u], e);
               }
               flush(base, q[u], peers[u][j], j, off,
                     reinterpret_cast<float*>(accs.a[u][j]) + v * N, c);
