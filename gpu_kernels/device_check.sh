@@ -189,7 +189,7 @@ if [[ "$BUILD_ONLY" == 1 ]]; then exit 0; fi
 
 echo "== test"
 T1=$SECONDS
-timeout 150 "$BUILD/multihash_gpu_test"
+timeout 240 "$BUILD/multihash_gpu_test"
 TEST_RC=$?
 echo "== test exit status $TEST_RC in $((SECONDS - T1)) s"
 

@@ -318,7 +318,10 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
   }
   // Both algorithms of the backward pass, each against the reference.
-  auto backward = [&](GradAlgorithm algo) -> std::string {
+  // `values` (if not null) gets every shard's output values, as bytes.
+  auto backward = [&](GradAlgorithm algo,
+                      std::vector<std::vector<uint8_t>>* values) -> std::string {
+    if (values != nullptr) values->assign(t.num_shards, {});
     const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, it, n, algo);
     if (ws_bytes == 0) return "LookupGradWorkspaceBytes returned 0";
     DeviceBuf d_ws(ws_bytes);
@@ -385,6 +388,9 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
         std::vector<uint8_t> hi(d_idx[s]->bytes), hv(d_val[s]->bytes);
         CUDA_OK(cudaMemcpy(hi.data(), d_idx[s]->p, hi.size(), cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(hv.data(), d_val[s]->p, hv.size(), cudaMemcpyDeviceToHost));
+        if (values != nullptr) {
+          (*values)[s].assign(hv.begin(), hv.begin() + c * w * es);
+        }
         if (!AllFF(hi, c * isz)) return "backward wrote past the indices of shard " + std::to_string(s);
         if (!AllFF(hv, c * w * es)) return "backward wrote past the values of shard " + std::to_string(s);
         for (int64_t u = 0; u < c; ++u) {
@@ -421,10 +427,18 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     return "";
   };
+  std::vector<std::vector<uint8_t>> first, second;
   const GradAlgorithm algos[] = {GradAlgorithm::kSorted, GradAlgorithm::kDense};
   for (GradAlgorithm algo : algos) {
-    const std::string err = backward(algo);
+    const std::string err =
+        backward(algo, algo == GradAlgorithm::kSorted ? &first : nullptr);
     if (!err.empty()) return std::string(AlgoName(algo)) + " backward: " + err;
+  }
+  // The sorted algorithm is deterministic: a second run, bit for bit.
+  if (n >= 5000) {
+    const std::string err = backward(GradAlgorithm::kSorted, &second);
+    if (!err.empty()) return std::string("sorted backward, second run: ") + err;
+    if (first != second) return "sorted backward: a second run gave other bits";
   }
   return "";
 }
