@@ -431,6 +431,146 @@ __global__ void __launch_bounds__(kBlock)
   });
 }
 
+// ------------------------------------------------------------ staged forward
+// Add and mul read k table rows for every output row, from L2 when the
+// tables fit there. When a column slice of every table fits in shared
+// memory, StagedLookupKernel reads them from there instead: block b stages
+// slice b % slices (S vectors of every row of every table), then walks tiles
+// of 32 ids like LookupKernel, a group of S lanes per id, each lane
+// combining one vector from shared memory and writing it. Blocks of the same
+// id range (consecutive block indices) write the slices of the same output
+// rows at about the same time. Ids are read and rows computed once per
+// slice, so this pays only for few slices (wide slices) and many ids.
+constexpr int kStageBlock = 512;
+
+// Table j's row of an in-range id, in 32-bit arithmetic when the capacity
+// allows (equal to TableRow).
+__device__ __forceinline__ int64_t StageRow(const Layout& l, int j, int64_t id,
+                                            bool narrow) {
+  if (narrow) {
+    return static_cast<int64_t>(
+        (static_cast<uint32_t>(id) / static_cast<uint32_t>(l.divisor[j])) %
+        static_cast<uint32_t>(l.rows[j]));
+  }
+  return TableRow(l, j, id);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> LoadSharedPack(const char* p) {
+  using W = typename Word<V>::type;
+  const W w = *reinterpret_cast<const W*>(p);
+  Pack<T, V> r;
+  memcpy(&r, &w, V);
+  return r;
+}
+
+template <typename T, int V, int KMAX>
+__global__ void __launch_bounds__(kStageBlock)
+    StagedLookupKernel(const __grid_constant__ Layout l,
+                       const __grid_constant__ ShardPointers sp,
+                       const void* __restrict__ ids, int ids64, int64_t n,
+                       char* __restrict__ out, int64_t* __restrict__ first_bad,
+                       int log2_slice, int slices) {
+  TFMH_DYNAMIC_SHARED(stage);
+  using P = Pack<T, V>;
+  constexpr int N = P::N;
+  constexpr unsigned kFull = 0xffffffffu;
+  const int S = 1 << log2_slice;  // vectors per slice = lanes per id
+  const int slice = static_cast<int>(blockIdx.x % slices);
+  const int64_t part = blockIdx.x / slices;
+  const int64_t parts = gridDim.x / slices;
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  const int nv_out = l.out_width / N;
+  const int v0 = slice * S;
+  const int sv = min(S, nv_out - v0);  // vectors in this slice
+  const bool narrow = l.capacity <= static_cast<int64_t>(UINT32_MAX);
+
+  // Stage: table j's row r, vector v0 + v, at stage + ((base_j + r) * S + v) * V.
+  int64_t stage_base[KMAX];
+  int64_t base_j = 0;
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) {
+    stage_base[j] = base_j;
+    if (j < k) base_j += l.rows[j];
+  }
+  for (int j = 0; j < k; ++j) {
+    const int64_t row_bytes = static_cast<int64_t>(l.width[j]) * sizeof(T);
+    for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
+      const char* src = static_cast<const char*>(sp.data[s]);
+      const int64_t first = stage_base[j] + l.shard_row[s];
+      const int64_t items = ShardRows(l, j, s) * sv;
+      for (int64_t e = threadIdx.x; e < items; e += kStageBlock) {
+        const int64_t r = e / sv;
+        const int v = static_cast<int>(e - r * sv);
+        const P x = LoadPack<T, V>(src + r * row_bytes + static_cast<int64_t>(v0 + v) * V);
+        memcpy(stage + ((first + r) * S + v) * V, &x, V);
+      }
+    }
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int glane = lane & (S - 1);
+  const int gid = lane >> log2_slice;
+  const int per_step = 32 >> log2_slice;
+  constexpr int kWarps = kStageBlock / 32;
+  const int64_t row_bytes_out = static_cast<int64_t>(l.out_width) * sizeof(T);
+  const int64_t tile_stride = parts * kWarps * 32;
+  for (int64_t base = (part * kWarps + threadIdx.x / 32) * 32; base < n;
+       base += tile_stride) {
+    const int64_t i = base + lane;
+    const int64_t id = i < n ? IdAt(ids, ids64, i) : int64_t{0};
+    const bool ok = i < n && IdInRange(l, id);
+    if (!ok && i < n && slice == 0 && first_bad != nullptr) {
+      atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
+                static_cast<unsigned long long>(i));
+    }
+    int mine[KMAX];  // staged row of every table, -1 without an id
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) {
+      mine[j] = (ok && j < k) ? static_cast<int>(stage_base[j] + StageRow(l, j, id, narrow))
+                              : -1;
+    }
+    const int cnt = static_cast<int>(min(int64_t{32}, n - base));
+    for (int step = 0; step < S; ++step) {
+      const int q = step * per_step + gid;
+      int r[KMAX];
+#pragma unroll
+      for (int j = 0; j < KMAX; ++j) {
+        r[j] = -1;
+        if (j < k) r[j] = __shfl_sync(kFull, mine[j], q);
+      }
+      if (q >= cnt || glane >= sv) continue;
+      P o;
+#pragma unroll
+      for (int e = 0; e < N; ++e) o.e[e] = 0;
+      if (r[0] >= 0) {
+        P x[KMAX];
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          if (j < k) {
+            x[j] = LoadSharedPack<T, V>(
+                stage + (static_cast<int64_t>(r[j]) * S + glane) * V);
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < N; ++e) {
+          float acc = CombineIdentity<float>(op);
+#pragma unroll
+          for (int j = 0; j < KMAX; ++j) {
+            if (j < k) acc = CombineStep<float>(op, acc, Elem<T>::ToF(x[j].e[e]));
+          }
+          o.e[e] = Elem<T>::FromF(acc);
+        }
+      }
+      StorePack<T, V>(out + (base + q) * row_bytes_out +
+                          static_cast<int64_t>(v0 + glane) * V,
+                      o);
+    }
+  }
+}
+
 __global__ void InitFirstBadKernel(int64_t* first_bad) {
   *first_bad = INT64_MAX;
 }
@@ -1221,10 +1361,87 @@ bool LayoutOk(const Layout& l) {
   return true;
 }
 
+int MaxSharedBytes() {
+  int dev = 0, bytes = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                             dev) != cudaSuccess) {
+    cudaGetLastError();
+    bytes = 48 * 1024;
+  }
+  return bytes;
+}
+
+// How StagedLookupKernel runs, if it does.
+struct StagePlan {
+  int log2_slice = 0;
+  int slices = 0;
+  size_t shared_bytes = 0;
+  unsigned grid = 0;
+};
+
+// The staged forward applies to add and mul when a slice of at least one
+// vector of every table row fits in shared memory. It is taken when slices
+// are at least 64 bytes wide and the ids outnumber 8 x (table rows) x
+// (blocks per slice), so staging reads at most about 1/8 of what the
+// output writes. TFMH_GPU_FORWARD=tiled never takes it; =staged takes it
+// whenever it applies (the standalone test and benchmark use both).
+bool MakeStagePlan(const Layout& l, size_t esz, int v, int64_t n,
+                   StagePlan* p) {
+  const char* force = std::getenv("TFMH_GPU_FORWARD");
+  const bool never = force != nullptr && std::strcmp(force, "tiled") == 0;
+  const bool always = force != nullptr && std::strcmp(force, "staged") == 0;
+  if (never || l.combine == Combine::kConcat || n <= 0) return false;
+  int64_t rows = 0;
+  for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
+  const int64_t budget = MaxSharedBytes() - 1024;
+  if (rows > budget) return false;
+  const int nv_out = static_cast<int>(static_cast<int64_t>(l.out_width) * esz / v);
+  int lg = GroupLog2(nv_out);
+  while (lg > 0 && rows * (int64_t{1} << lg) * v > budget) --lg;
+  const int64_t shared = rows * (int64_t{1} << lg) * v;
+  if (shared > budget) return false;
+  if (!always && (int64_t{1} << lg) * v < 64) return false;
+  p->log2_slice = lg;
+  p->slices = (nv_out + (1 << lg) - 1) >> lg;
+  const int64_t tiles_per_part = kStageBlock / 32;
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>((NumSMs() + p->slices - 1) / p->slices,
+                           ((n + 31) / 32 + tiles_per_part - 1) / tiles_per_part));
+  if (!always && n < 8 * rows * parts) return false;
+  const int64_t grid = parts * p->slices;
+  if (grid > INT_MAX) return false;
+  p->grid = static_cast<unsigned>(grid);
+  p->shared_bytes = static_cast<size_t>(shared);
+  return true;
+}
+
+template <typename T, int V, int KMAX>
+void LaunchStaged(const StagePlan& plan, const Layout& l,
+                  const ShardPointers& sp, const void* ids, bool ids64,
+                  int64_t n, void* out, int64_t* first_bad, cudaStream_t s) {
+  cudaFuncSetAttribute(StagedLookupKernel<T, V, KMAX>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(plan.shared_bytes));
+  TFMH_LAUNCH(plan.grid, kStageBlock, plan.shared_bytes, s,
+              StagedLookupKernel<T, V, KMAX>)(
+      l, sp, ids, ids64 ? 1 : 0, n, static_cast<char*>(out), first_bad,
+      plan.log2_slice, plan.slices);
+}
+
 template <typename T, int V>
 void LaunchLookupV(const Layout& l, const ShardPointers& sp, const void* ids,
                    bool ids64, int64_t n, void* out, int64_t* first_bad,
                    cudaStream_t s) {
+  StagePlan plan;
+  if (MakeStagePlan(l, sizeof(T), V, n, &plan)) {
+    if (l.num_tables <= 2) {
+      LaunchStaged<T, V, 2>(plan, l, sp, ids, ids64, n, out, first_bad, s);
+    } else {
+      LaunchStaged<T, V, kMaxTables>(plan, l, sp, ids, ids64, n, out, first_bad, s);
+    }
+    return;
+  }
   const int n_vec =
       static_cast<int>(static_cast<int64_t>(l.out_width) * sizeof(T) / V);
   const int lg = GroupLog2(n_vec);

@@ -5,7 +5,8 @@
 // {16, 64, 128}, and skewed ids (a quarter on one Q row) with B = 1Mi, D = 64,
 // and add/mul/concat (concat: widths D/2 + D/2) it times, as the median of 20
 // reps with CUDA events:
-//   fwd   - LaunchLookup;
+//   fwd   - LaunchLookup, with the tiled kernel (TFMH_GPU_FORWARD=tiled) and,
+//           for add and mul, the staged one (=staged);
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
@@ -203,10 +204,11 @@ int main() {
   std::printf("Byte model: fwd = B*8 (ids) + B*D*4 (out); bwd = B*8 (ids) + B*D*4 "
               "(grad, read once) + unique rows * (8 + width*4) (indices + values). "
               "GB/s = bytes / median time; %% copy = of the memcpy bandwidth above.\n\n");
-  std::printf("| op | ids | B | D | fwd ms | fwd GB/s | fwd %% copy | naive fwd ms | speedup | "
+  std::printf("| op | ids | B | D | fwd ms | fwd GB/s | fwd %% copy | staged fwd ms | "
+              "staged %% copy | naive fwd ms | speedup | "
               "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
               "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -275,9 +277,17 @@ int main() {
         const auto dt = tfmh::gpu::DType::kFloat32;
         const auto it = tfmh::gpu::IdType::kInt64;
 
-        const double fwd_ms = MedianMs(s, [&] {
+        auto lookup = [&] {
           API_OK(tfmh::gpu::LaunchLookup(l, dt, it, sp, ids, B, out, d_first_bad, s));
-        });
+        };
+        setenv("TFMH_GPU_FORWARD", "tiled", 1);
+        const double fwd_ms = MedianMs(s, lookup);
+        double staged_ms = 0;  // add and mul only
+        if (!concat) {
+          setenv("TFMH_GPU_FORWARD", "staged", 1);
+          staged_ms = MedianMs(s, lookup);
+        }
+        unsetenv("TFMH_GPU_FORWARD");
         const int opi = static_cast<int>(op);
         const double naive_ms = MedianMs(s, [&] {
           NaiveQR<<<Grid(B), 256, 0, s>>>(ids, B, kRows, q, r);
@@ -338,11 +348,16 @@ int main() {
         const double fwd_gbs = fwd_bytes / (fwd_ms * 1e6);
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
-        std::printf("| %s | %s | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.4f | "
+        char staged[64] = "- | -";
+        if (!concat) {
+          std::snprintf(staged, sizeof(staged), "%.4f | %.1f%%", staged_ms,
+                        100.0 * fwd_bytes / (staged_ms * 1e6) / copy_gbs);
+        }
+        std::printf("| %s | %s | %lld | %d | %.4f | %.1f | %.1f%% | %s | %.4f | %.2fx | %.4f | %.4f | "
                     "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
                     set.skewed ? "skewed" : "uniform", static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
-                    naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
+                    staged, naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
                     100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);

@@ -219,63 +219,74 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   auto valid = [&](int64_t id) { return tfmh::IdInRange(l, id); };
 
   // ------------------------------------------------------------ forward
-  const size_t out_elems = static_cast<size_t>(n) * W;
-  DeviceBuf d_out((out_elems + kGuard) * es);
-  DeviceBuf d_first_bad(sizeof(int64_t));
-  CUDA_OK(cudaMemset(d_out.p, 0xFF, d_out.bytes));
-  CUDA_OK(cudaMemset(d_first_bad.p, 0x11, sizeof(int64_t)));
-  int st = tfmh::gpu::LaunchLookup(l, dt, it, t.ptrs, d_ids.p, n, d_out.p,
-                                   static_cast<int64_t*>(d_first_bad.p), stream);
-  if (st != 0) return std::string("LaunchLookup: ") + tfmh::gpu::ErrorString(st);
-  CUDA_OK(cudaStreamSynchronize(stream));
-  std::vector<uint8_t> out(d_out.bytes);
-  CUDA_OK(cudaMemcpy(out.data(), d_out.p, out.size(), cudaMemcpyDeviceToHost));
-  int64_t first_bad = 0;
-  CUDA_OK(cudaMemcpy(&first_bad, d_first_bad.p, 8, cudaMemcpyDeviceToHost));
-  int64_t want_bad = INT64_MAX;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!valid(ids[i])) {
-      want_bad = i;
-      break;
+  // Both forward kernels (the staged one only applies to add and mul; for
+  // concat both runs take the tiled kernel), each against the reference.
+  auto forward = [&](const char* mode) -> std::string {
+    setenv("TFMH_GPU_FORWARD", mode, 1);
+    const size_t out_elems = static_cast<size_t>(n) * W;
+    DeviceBuf d_out((out_elems + kGuard) * es);
+    DeviceBuf d_first_bad(sizeof(int64_t));
+    CUDA_OK(cudaMemset(d_out.p, 0xFF, d_out.bytes));
+    CUDA_OK(cudaMemset(d_first_bad.p, 0x11, sizeof(int64_t)));
+    int st = tfmh::gpu::LaunchLookup(l, dt, it, t.ptrs, d_ids.p, n, d_out.p,
+                                     static_cast<int64_t*>(d_first_bad.p), stream);
+    if (st != 0) return std::string("LaunchLookup: ") + tfmh::gpu::ErrorString(st);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    std::vector<uint8_t> out(d_out.bytes);
+    CUDA_OK(cudaMemcpy(out.data(), d_out.p, out.size(), cudaMemcpyDeviceToHost));
+    int64_t first_bad = 0;
+    CUDA_OK(cudaMemcpy(&first_bad, d_first_bad.p, 8, cudaMemcpyDeviceToHost));
+    int64_t want_bad = INT64_MAX;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!valid(ids[i])) {
+        want_bad = i;
+        break;
+      }
     }
-  }
-  if (first_bad != want_bad) {
-    std::snprintf(msg, sizeof(msg), "first_bad %" PRId64 ", want %" PRId64, first_bad, want_bad);
-    return msg;
-  }
-  if (!AllFF(out, out_elems * es)) return "forward wrote past the output";
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = ids[i];
-    for (int c = 0; c < W; ++c) {
-      const double got = Load(out, dt, static_cast<size_t>(i) * W + c);
-      double want = 0, scale = 0;
-      bool exact = false;
-      if (!valid(id)) {
-        exact = true;
-      } else if (l.combine == Combine::kConcat) {
-        int j = 0;
-        while (j + 1 < k && c >= l.col_offset[j + 1]) ++j;
-        want = t.full[j][static_cast<size_t>(tfmh::TableRow(l, j, id)) * l.width[j] +
-                         (c - l.col_offset[j])];
-        exact = true;
-      } else {
-        want = l.combine == Combine::kMul ? 1.0 : 0.0;
-        for (int j = 0; j < k; ++j) {
-          const double x =
-              t.full[j][static_cast<size_t>(tfmh::TableRow(l, j, id)) * l.width[j] + c];
-          want = l.combine == Combine::kMul ? want * x : want + x;
-          scale = l.combine == Combine::kMul ? (j == 0 ? std::fabs(x) : scale * std::fabs(x))
-                                             : scale + std::fabs(x);
+    if (first_bad != want_bad) {
+      std::snprintf(msg, sizeof(msg), "first_bad %" PRId64 ", want %" PRId64, first_bad, want_bad);
+      return msg;
+    }
+    if (!AllFF(out, out_elems * es)) return "forward wrote past the output";
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t id = ids[i];
+      for (int c = 0; c < W; ++c) {
+        const double got = Load(out, dt, static_cast<size_t>(i) * W + c);
+        double want = 0, scale = 0;
+        bool exact = false;
+        if (!valid(id)) {
+          exact = true;
+        } else if (l.combine == Combine::kConcat) {
+          int j = 0;
+          while (j + 1 < k && c >= l.col_offset[j + 1]) ++j;
+          want = t.full[j][static_cast<size_t>(tfmh::TableRow(l, j, id)) * l.width[j] +
+                           (c - l.col_offset[j])];
+          exact = true;
+        } else {
+          want = l.combine == Combine::kMul ? 1.0 : 0.0;
+          for (int j = 0; j < k; ++j) {
+            const double x =
+                t.full[j][static_cast<size_t>(tfmh::TableRow(l, j, id)) * l.width[j] + c];
+            want = l.combine == Combine::kMul ? want * x : want + x;
+            scale = l.combine == Combine::kMul ? (j == 0 ? std::fabs(x) : scale * std::fabs(x))
+                                               : scale + std::fabs(x);
+          }
+        }
+        const double tol = exact ? 0.0 : Eps(dt) * std::fabs(want) + 1e-6 * scale + 1e-7;
+        if (!(std::fabs(got - want) <= tol)) {
+          std::snprintf(msg, sizeof(msg),
+                        "forward out[%" PRId64 "][%d] = %.9g, want %.9g (id %" PRId64 ")", i, c,
+                        got, want, id);
+          return msg;
         }
       }
-      const double tol = exact ? 0.0 : Eps(dt) * std::fabs(want) + 1e-6 * scale + 1e-7;
-      if (!(std::fabs(got - want) <= tol)) {
-        std::snprintf(msg, sizeof(msg),
-                      "forward out[%" PRId64 "][%d] = %.9g, want %.9g (id %" PRId64 ")", i, c,
-                      got, want, id);
-        return msg;
-      }
     }
+    return "";
+  };
+  for (const char* mode : {"tiled", "staged"}) {
+    const std::string err = forward(mode);
+    unsetenv("TFMH_GPU_FORWARD");
+    if (!err.empty()) return std::string(mode) + " forward: " + err;
   }
 
   // ------------------------------------------------------------ backward
@@ -333,7 +344,7 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
       ~HostGuard() { cudaFreeHost(p); }
     } hg{h_counts};
     for (int s = 0; s < tfmh::kMaxShards; ++s) h_counts[s] = -7;
-    st = tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, d_ids.p, n, d_ws.p, ws_bytes, h_counts,
+    int st = tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, d_ids.p, n, d_ws.p, ws_bytes, h_counts,
                                             stream, algo);
     if (st != 0) return std::string("LaunchLookupGradPrepare: ") + tfmh::gpu::ErrorString(st);
     CUDA_OK(cudaStreamSynchronize(stream));
