@@ -1381,17 +1381,21 @@ struct StagePlan {
 };
 
 // The staged forward applies to add and mul when a slice of at least one
-// vector of every table row fits in shared memory. It is taken when slices
-// are at least 64 bytes wide and the ids outnumber 8 x (table rows) x
-// (blocks per slice), so staging reads at most about 1/8 of what the
-// output writes. TFMH_GPU_FORWARD=tiled never takes it; =staged takes it
-// whenever it applies (the standalone test and benchmark use both).
+// vector of every table row fits in shared memory. It has not yet been
+// timed on a GPU, so the tiled kernel stays the default; the environment
+// variable TFMH_GPU_FORWARD picks: "staged" takes the staged kernel
+// whenever it applies (the standalone test and benchmark use it and
+// "tiled"), "auto" takes it when slices are at least 64 bytes wide and the
+// ids outnumber 8 x (table rows) x (blocks per slice), so that staging
+// reads at most about 1/8 of what the output writes.
 bool MakeStagePlan(const Layout& l, size_t esz, int v, int64_t n,
                    StagePlan* p) {
-  const char* force = std::getenv("TFMH_GPU_FORWARD");
-  const bool never = force != nullptr && std::strcmp(force, "tiled") == 0;
-  const bool always = force != nullptr && std::strcmp(force, "staged") == 0;
-  if (never || l.combine == Combine::kConcat || n <= 0) return false;
+  const char* mode = std::getenv("TFMH_GPU_FORWARD");
+  const bool always = mode != nullptr && std::strcmp(mode, "staged") == 0;
+  const bool by_rule = mode != nullptr && std::strcmp(mode, "auto") == 0;
+  if ((!always && !by_rule) || l.combine == Combine::kConcat || n <= 0) {
+    return false;
+  }
   int64_t rows = 0;
   for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
   const int64_t budget = MaxSharedBytes() - 1024;
