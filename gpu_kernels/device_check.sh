@@ -45,17 +45,21 @@ BUILD="$ROOT/gpu_kernels/build"
 mkdir -p "$BUILD"
 NPROC="$(nproc 2>/dev/null || echo 2)"
 
+start_log() {  # log file name under $OUT, mode words for the first line
+  OUT="${OUT:-$ROOT/gpu_kernels/build/out}"
+  mkdir -p "$OUT"
+  LOG="$OUT/$1"
+  : > "$LOG"
+  exec > >(tee -a "$LOG") 2>&1
+  echo "== device_check $2$(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+}
+
 if [[ "$EMULATE" == 1 ]]; then
   # CPU emulation (gpu_kernels/emu, see cuda_emu.h): every kernel thread is a
   # fiber that switches only at __syncthreads and warp collectives. It checks
   # what the kernels compute and, under AddressSanitizer, which memory they
   # touch; it cannot see data races, and its timings mean nothing.
-  OUT="${OUT:-$ROOT/gpu_kernels/build/out}"
-  mkdir -p "$OUT"
-  LOG="$OUT/device_check_emulate.log"
-  : > "$LOG"
-  exec > >(tee -a "$LOG") 2>&1
-  echo "== device_check --emulate $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  start_log device_check_emulate.log "--emulate "
   echo "== CPU EMULATION of CUDA (no GPU): checks the kernels' logic and memory"
   echo "   accesses, NOT their speed"
   CXX="${CXX:-g++}"
@@ -140,12 +144,7 @@ if [[ "$BUILD_ONLY" == 1 ]]; then
            -gencode arch=compute_89,code=sm_89
            -gencode "arch=compute_90,code=[sm_90,compute_90]")
 else
-  OUT="${OUT:-$ROOT/gpu_kernels/build/out}"
-  mkdir -p "$OUT"
-  LOG="$OUT/device_check.log"
-  : > "$LOG"
-  exec > >(tee -a "$LOG") 2>&1
-  echo "== device_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  start_log device_check.log ""
   if ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "nvidia-smi not found: no GPU to run on (use --build-only)"; exit 3
   fi

@@ -186,15 +186,22 @@ __device__ __forceinline__ Group MakeGroup(int log2_size) {
   return g;
 }
 
+// Byte address of table j's row `row` (a table row, not shard-local).
+template <typename T>
+__device__ __forceinline__ unsigned long long TableRowAddr(
+    const Layout& l, const ShardPointers& sp, int j, int64_t row) {
+  const RowRef r = LocateRow(l, j, row);
+  return reinterpret_cast<unsigned long long>(sp.data[r.shard]) +
+         static_cast<unsigned long long>(r.local_row) *
+             (static_cast<unsigned long long>(l.width[j]) * sizeof(T));
+}
+
 // Byte address of table j's row of an in-range id.
 template <typename T>
 __device__ __forceinline__ unsigned long long RowAddr(const Layout& l,
                                                       const ShardPointers& sp,
                                                       int j, int64_t id) {
-  const RowRef r = Locate(l, j, id);
-  return reinterpret_cast<unsigned long long>(sp.data[r.shard]) +
-         static_cast<unsigned long long>(r.local_row) *
-             (static_cast<unsigned long long>(l.width[j]) * sizeof(T));
+  return TableRowAddr<T>(l, sp, j, TableRow(l, j, id));
 }
 
 // addr[j] = RowAddr(j, id) for j < num_tables on every lane of the group.
@@ -443,18 +450,6 @@ __global__ void __launch_bounds__(kBlock)
 // slice, so this pays only for few slices (wide slices) and many ids.
 constexpr int kStageBlock = 512;
 
-// Table j's row of an in-range id, in 32-bit arithmetic when the capacity
-// allows (equal to TableRow).
-__device__ __forceinline__ int64_t StageRow(const Layout& l, int j, int64_t id,
-                                            bool narrow) {
-  if (narrow) {
-    return static_cast<int64_t>(
-        (static_cast<uint32_t>(id) / static_cast<uint32_t>(l.divisor[j])) %
-        static_cast<uint32_t>(l.rows[j]));
-  }
-  return TableRow(l, j, id);
-}
-
 template <typename T, int V>
 __device__ __forceinline__ Pack<T, V> LoadSharedPack(const char* p) {
   using W = typename Word<V>::type;
@@ -484,7 +479,6 @@ __global__ void __launch_bounds__(kStageBlock)
   const int nv_out = l.out_width / N;
   const int v0 = slice * S;
   const int sv = min(S, nv_out - v0);  // vectors in this slice
-  const bool narrow = l.capacity <= static_cast<int64_t>(UINT32_MAX);
 
   // Stage: table j's row r, vector v0 + v, at stage + ((base_j + r) * S + v) * V.
   int64_t stage_base[KMAX];
@@ -529,7 +523,7 @@ __global__ void __launch_bounds__(kStageBlock)
     int mine[KMAX];  // staged row of every table, -1 without an id
 #pragma unroll
     for (int j = 0; j < KMAX; ++j) {
-      mine[j] = (ok && j < k) ? static_cast<int>(stage_base[j] + StageRow(l, j, id, narrow))
+      mine[j] = (ok && j < k) ? static_cast<int>(stage_base[j] + TableRow(l, j, id))
                               : -1;
     }
     const int cnt = static_cast<int>(min(int64_t{32}, n - base));
@@ -637,6 +631,33 @@ __device__ __forceinline__ RunRef DecodeKey(const Layout& l,
   }
   const RowRef ref = LocateRow(l, j, static_cast<int64_t>(key - ko.off[j]));
   return RunRef{j, ref.shard, ref.local_row};
+}
+
+// The gradient outputs of one distinct row: its shard-local row in the
+// shard's indices, and (per lane) N summed floats, as T, at vector v of its
+// values row.
+__device__ __forceinline__ void WriteGradIndex(const ShardOutputs& so,
+                                               const RunRef& rr,
+                                               int64_t out_row, bool ids64) {
+  if (ids64) {
+    static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
+  } else {
+    static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
+        static_cast<int32_t>(rr.local_row);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void WriteGradValues(
+    const Layout& l, const ShardOutputs& so, const RunRef& rr,
+    int64_t out_row, int v, const float (&acc)[Pack<T, V>::N]) {
+  Pack<T, V> o;
+#pragma unroll
+  for (int e = 0; e < Pack<T, V>::N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
+  StorePack<T, V>(static_cast<char*>(so.values[rr.shard]) +
+                      out_row * static_cast<int64_t>(l.width[rr.table]) * sizeof(T) +
+                      static_cast<int64_t>(v) * V,
+                  o);
 }
 
 template <typename Index, typename Key>
@@ -905,22 +926,11 @@ __global__ void __launch_bounds__(kBlock)
       const bool continues = i == end && end < a.m && run_id[end] == r;
       const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
       if (!starts_before && t == 0 && g.lane == 0) {
-        if (a.ids64) {
-          static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
-        } else {
-          static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
-              static_cast<int32_t>(rr.local_row);
-        }
+        WriteGradIndex(so, rr, out_row, a.ids64 != 0);
       }
       if (active) {
         if (!starts_before && !continues) {
-          P o;
-#pragma unroll
-          for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
-          char* dst = static_cast<char*>(so.values[rr.shard]) +
-                      out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
-                      static_cast<int64_t>(v) * V;
-          StorePack<T, V>(dst, o);
+          WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
         } else {
           const int64_t slot = 2 * c + (starts_before ? 0 : 1);
           StoreFloats<N>(a.partials + slot * a.wstride + static_cast<int64_t>(v) * N,
@@ -976,14 +986,8 @@ __global__ void __launch_bounds__(kBlock)
       const int64_t e2 = min((c2 + 1) * a.chunk, a.m);
       if (e2 >= a.m || run_id[e2] != r) break;
     }
-    P o;
-#pragma unroll
-    for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
     const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
-    char* dst = static_cast<char*>(so.values[rr.shard]) +
-                out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
-                static_cast<int64_t>(v) * V;
-    StorePack<T, V>(dst, o);
+    WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
   }
 }
 
@@ -1131,27 +1135,22 @@ __global__ void __launch_bounds__(kBlock, 1)
 
   ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
                                           int64_t id) {
-    unsigned long long mine[KMAX];  // table rows (mul only)
-    bool ok;
-    if (op == Combine::kMul) {
-      ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
-    } else {
-      ok = i < n && IdInRange(l, id);
-#pragma unroll
-      for (int j = 0; j < KMAX; ++j) mine[j] = 0ull;
-    }
+    const bool ok = i < n && IdInRange(l, id);
+    unsigned long long mine[KMAX];      // table rows (mul only)
     unsigned long long mine_acc[KMAX];  // accumulator rows
     unsigned mine_peers[KMAX];          // tile slots with the same row
 #pragma unroll
     for (int j = 0; j < KMAX; ++j) {
+      mine[j] = 0ull;
       mine_acc[j] = 0ull;
       mine_peers[j] = 1u << lane;
       if (j < k) {
         if (ok) {
+          const int64_t row = TableRow(l, j, id);
           mine_acc[j] = reinterpret_cast<unsigned long long>(
-              acc + ao.off[j] +
-              static_cast<unsigned long long>(TableRow(l, j, id)) *
-                  static_cast<unsigned long long>(l.width[j]));
+              acc + ao.off[j] + static_cast<unsigned long long>(row) *
+                                    static_cast<unsigned long long>(l.width[j]));
+          if (op == Combine::kMul) mine[j] = TableRowAddr<T>(l, sp, j, row);
         }
         // Lanes without an id get keys no accumulator address can equal.
         const unsigned long long key =
@@ -1278,26 +1277,13 @@ __global__ void __launch_bounds__(kBlock)
     const int j = rr.table;
     const int64_t out_row =
         static_cast<int64_t>(incl[key]) - 1 - bounds[rr.shard];
-    if (t == 0 && g.lane == 0) {
-      if (ids64) {
-        static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
-      } else {
-        static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
-            static_cast<int32_t>(rr.local_row);
-      }
-    }
+    if (t == 0 && g.lane == 0) WriteGradIndex(so, rr, out_row, ids64 != 0);
     const int v = t * g.size + g.lane;
     if (v >= l.width[j] / N) continue;
     const int64_t row = static_cast<int64_t>(key - ko.off[j]);
     float a[N];
     LoadFloats<N>(acc + ao.off[j] + row * l.width[j] + static_cast<int64_t>(v) * N, a);
-    P o;
-#pragma unroll
-    for (int e = 0; e < N; ++e) o.e[e] = Elem<T>::FromF(a[e]);
-    char* dst = static_cast<char*>(so.values[rr.shard]) +
-                out_row * static_cast<int64_t>(l.width[j]) * sizeof(T) +
-                static_cast<int64_t>(v) * V;
-    StorePack<T, V>(dst, o);
+    WriteGradValues<T, V>(l, so, rr, out_row, v, a);
   }
 }
 
