@@ -438,133 +438,6 @@ __global__ void __launch_bounds__(kBlock)
   });
 }
 
-// ------------------------------------------------------------ staged forward
-// Add and mul read k table rows for every output row, from L2 when the
-// tables fit there. When a column slice of every table fits in shared
-// memory, StagedLookupKernel reads them from there instead: block b stages
-// slice b % slices (S vectors of every row of every table), then walks tiles
-// of 32 ids like LookupKernel, a group of S lanes per id, each lane
-// combining one vector from shared memory and writing it. Blocks of the same
-// id range (consecutive block indices) write the slices of the same output
-// rows at about the same time. Ids are read and rows computed once per
-// slice, so this pays only for few slices (wide slices) and many ids.
-constexpr int kStageBlock = 512;
-
-template <typename T, int V>
-__device__ __forceinline__ Pack<T, V> LoadSharedPack(const char* p) {
-  using W = typename Word<V>::type;
-  const W w = *reinterpret_cast<const W*>(p);
-  Pack<T, V> r;
-  memcpy(&r, &w, V);
-  return r;
-}
-
-template <typename T, int V, int KMAX>
-__global__ void __launch_bounds__(kStageBlock)
-    StagedLookupKernel(const __grid_constant__ Layout l,
-                       const __grid_constant__ ShardPointers sp,
-                       const void* __restrict__ ids, int ids64, int64_t n,
-                       char* __restrict__ out, int64_t* __restrict__ first_bad,
-                       int log2_slice, int slices) {
-  TFMH_DYNAMIC_SHARED(stage);
-  using P = Pack<T, V>;
-  constexpr int N = P::N;
-  constexpr unsigned kFull = 0xffffffffu;
-  const int S = 1 << log2_slice;  // vectors per slice = lanes per id
-  const int slice = static_cast<int>(blockIdx.x % slices);
-  const int64_t part = blockIdx.x / slices;
-  const int64_t parts = gridDim.x / slices;
-  const int k = l.num_tables;
-  const Combine op = l.combine;
-  const int nv_out = l.out_width / N;
-  const int v0 = slice * S;
-  const int sv = min(S, nv_out - v0);  // vectors in this slice
-
-  // Stage: table j's row r, vector v0 + v, at stage + ((base_j + r) * S + v) * V.
-  int64_t stage_base[KMAX];
-  int64_t base_j = 0;
-#pragma unroll
-  for (int j = 0; j < KMAX; ++j) {
-    stage_base[j] = base_j;
-    if (j < k) base_j += l.rows[j];
-  }
-  for (int j = 0; j < k; ++j) {
-    const int64_t row_bytes = static_cast<int64_t>(l.width[j]) * sizeof(T);
-    for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
-      const char* src = static_cast<const char*>(sp.data[s]);
-      const int64_t first = stage_base[j] + l.shard_row[s];
-      const int64_t items = ShardRows(l, j, s) * sv;
-      for (int64_t e = threadIdx.x; e < items; e += kStageBlock) {
-        const int64_t r = e / sv;
-        const int v = static_cast<int>(e - r * sv);
-        const P x = LoadPack<T, V>(src + r * row_bytes + static_cast<int64_t>(v0 + v) * V);
-        memcpy(stage + ((first + r) * S + v) * V, &x, V);
-      }
-    }
-  }
-  __syncthreads();
-
-  const int lane = threadIdx.x & 31;
-  const int glane = lane & (S - 1);
-  const int gid = lane >> log2_slice;
-  const int per_step = 32 >> log2_slice;
-  constexpr int kWarps = kStageBlock / 32;
-  const int64_t row_bytes_out = static_cast<int64_t>(l.out_width) * sizeof(T);
-  const int64_t tile_stride = parts * kWarps * 32;
-  for (int64_t base = (part * kWarps + threadIdx.x / 32) * 32; base < n;
-       base += tile_stride) {
-    const int64_t i = base + lane;
-    const int64_t id = i < n ? IdAt(ids, ids64, i) : int64_t{0};
-    const bool ok = i < n && IdInRange(l, id);
-    if (!ok && i < n && slice == 0 && first_bad != nullptr) {
-      atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
-                static_cast<unsigned long long>(i));
-    }
-    int mine[KMAX];  // staged row of every table, -1 without an id
-#pragma unroll
-    for (int j = 0; j < KMAX; ++j) {
-      mine[j] = (ok && j < k) ? static_cast<int>(stage_base[j] + TableRow(l, j, id))
-                              : -1;
-    }
-    const int cnt = static_cast<int>(min(int64_t{32}, n - base));
-    for (int step = 0; step < S; ++step) {
-      const int q = step * per_step + gid;
-      int r[KMAX];
-#pragma unroll
-      for (int j = 0; j < KMAX; ++j) {
-        r[j] = -1;
-        if (j < k) r[j] = __shfl_sync(kFull, mine[j], q);
-      }
-      if (q >= cnt || glane >= sv) continue;
-      P o;
-#pragma unroll
-      for (int e = 0; e < N; ++e) o.e[e] = 0;
-      if (r[0] >= 0) {
-        P x[KMAX];
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) {
-          if (j < k) {
-            x[j] = LoadSharedPack<T, V>(
-                stage + (static_cast<int64_t>(r[j]) * S + glane) * V);
-          }
-        }
-#pragma unroll
-        for (int e = 0; e < N; ++e) {
-          float acc = CombineIdentity<float>(op);
-#pragma unroll
-          for (int j = 0; j < KMAX; ++j) {
-            if (j < k) acc = CombineStep<float>(op, acc, Elem<T>::ToF(x[j].e[e]));
-          }
-          o.e[e] = Elem<T>::FromF(acc);
-        }
-      }
-      StorePack<T, V>(out + (base + q) * row_bytes_out +
-                          static_cast<int64_t>(v0 + glane) * V,
-                      o);
-    }
-  }
-}
-
 __global__ void InitFirstBadKernel(int64_t* first_bad) {
   *first_bad = INT64_MAX;
 }
@@ -944,9 +817,20 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+// Chunk c owns run r (whose last item is in c and continues into c + 1):
+// does the run also hold the first item of chunk c + 1 + kLongRunChunks?
+// Such long runs (a frequent row) have too many partials for one group to
+// add one after another; GradLongFixupKernel adds them with a block.
+constexpr int64_t kLongRunChunks = 64;
+__device__ __forceinline__ bool LongRun(const GradArgs& a, int64_t c,
+                                        uint32_t r) {
+  const int64_t probe = c + 1 + kLongRunChunks;
+  return probe < a.chunks && a.run_id[probe * a.chunk] == r;
+}
+
 // One group per (chunk, tile) whose last run starts in the chunk and goes
-// on past it: adds the chunk's tail partial and the following chunks' head
-// partials in order and writes the run's values.
+// on past it, unless the run is long: adds the chunk's tail partial and the
+// following chunks' head partials in order and writes the run's values.
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
     GradFixupKernel(const __grid_constant__ Layout l,
@@ -971,6 +855,7 @@ __global__ void __launch_bounds__(kBlock)
     const uint32_t r = run_id[end - 1];
     if (r > valid_runs || run_id[end] != r) continue;
     if (base > 0 && run_id[base - 1] == r) continue;  // not the run's owner
+    if (LongRun(a, c, r)) continue;  // GradLongFixupKernel's
     const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
     const int j = rr.table;
     const int v = t * g.size + g.lane;
@@ -988,6 +873,110 @@ __global__ void __launch_bounds__(kBlock)
     }
     const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
     WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
+  }
+}
+
+// The long runs of GradFixupKernel. Blocks stride over batches of kBlock
+// chunks; thread t checks whether chunk (batch + t) owns a long run, and the
+// block then takes its batch's owners one by one: it counts the chunks whose
+// first item is in the run (the heads are ascending, so they are the next
+// `span` chunks), lays its threads out as CL chunk lanes x VT vector lanes,
+// has chunk lane cl add the head partials of chunks c + 1 + cl, + CL, ...
+// in order, and thread (0, vt) adds the owner's tail partial and the CL lane
+// sums in lane order. The order of the additions depends only on the run's
+// position, so results stay deterministic.
+// Shared memory: kBlock ints (the owners) + kBlock * N floats.
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlock)
+    GradLongFixupKernel(const __grid_constant__ Layout l,
+                        const __grid_constant__ ShardOutputs so,
+                        const __grid_constant__ GradArgs a) {
+  constexpr int N = Pack<T, V>::N;
+  TFMH_DYNAMIC_SHARED(smem);
+  int* owners = reinterpret_cast<int*>(smem);
+  float* lane_sum = reinterpret_cast<float*>(smem + kBlock * sizeof(int));
+  const int tid = threadIdx.x;
+  const int num_shards = l.shard_begin[l.num_tables];
+  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
+  const uint32_t* __restrict__ run_id = a.run_id;
+  for (int64_t batch = static_cast<int64_t>(blockIdx.x) * kBlock;
+       batch < a.chunks; batch += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t c = batch + tid;
+    bool owner = false;
+    if (c < a.chunks) {
+      const int64_t base = c * a.chunk;
+      const int64_t end = min(base + a.chunk, a.m);
+      if (end < a.m) {
+        const uint32_t r = run_id[end - 1];
+        owner = r <= valid_runs && run_id[end] == r &&
+                !(base > 0 && run_id[base - 1] == r) && LongRun(a, c, r);
+      }
+    }
+    // Owners in ascending chunk order (a block-wide prefix count).
+    const unsigned below = __ballot_sync(0xffffffffu, owner);
+    if ((tid & 31) == 31) owners[tid / 32] = __popc(below);
+    __syncthreads();
+    int rank = __popc(below & ((1u << (tid & 31)) - 1u));
+    int total = 0;
+    for (int w = 0; w < kBlock / 32; ++w) {
+      if (w < tid / 32) rank += owners[w];
+      total += owners[w];
+    }
+    __syncthreads();
+    if (owner) owners[rank] = tid;
+    __syncthreads();
+    for (int o = 0; o < total; ++o) {
+      const int64_t oc = batch + owners[o];
+      const int64_t end = (oc + 1) * a.chunk;  // < m: the run goes on
+      const uint32_t r = run_id[end - 1];
+      // span = chunks after oc whose first item is in run r (at least
+      // kLongRunChunks + 1), found kBlock chunks at a time.
+      int64_t span = 0;
+      while (true) {
+        const int64_t h = oc + 1 + span + tid;
+        const int in = h < a.chunks && run_id[h * a.chunk] == r;
+        const int got = __syncthreads_count(in);
+        span += got;
+        if (got < kBlock) break;
+      }
+      const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
+      const int nv = l.width[rr.table] / N;
+      int lgv = 0;
+      while (lgv < 5 && (1 << lgv) < nv) ++lgv;
+      const int VT = 1 << lgv, CL = kBlock / VT;
+      const int vt = tid & (VT - 1), cl = tid >> lgv;
+      const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
+      for (int v0 = 0; v0 < nv; v0 += VT) {
+        const int v = v0 + vt;
+        const int64_t col = static_cast<int64_t>(v) * N;
+        float s[N];
+#pragma unroll
+        for (int e = 0; e < N; ++e) s[e] = 0.f;
+        if (v < nv) {
+          for (int64_t h = oc + 1 + cl; h <= oc + span; h += CL) {
+            float x[N];
+            LoadFloats<N>(a.partials + (2 * h) * a.wstride + col, x);
+#pragma unroll
+            for (int e = 0; e < N; ++e) s[e] += x[e];
+          }
+        }
+        StoreFloats<N>(lane_sum + static_cast<int64_t>(tid) * N, s);
+        __syncthreads();
+        if (cl == 0 && v < nv) {
+          float acc[N];
+          LoadFloats<N>(a.partials + (2 * oc + 1) * a.wstride + col, acc);
+          for (int q = 0; q < CL; ++q) {
+            float x[N];
+            LoadFloats<N>(lane_sum + static_cast<int64_t>(q * VT + vt) * N, x);
+#pragma unroll
+            for (int e = 0; e < N; ++e) acc[e] += x[e];
+          }
+          WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
+        }
+        __syncthreads();
+      }
+    }
+    __syncthreads();
   }
 }
 
@@ -1249,6 +1238,183 @@ __global__ void __launch_bounds__(kBlock, 1)
   });
 }
 
+// kDense with the accumulator of a column slice in shared memory: the
+// shared-memory variant of DenseScatterKernel, for tables small enough that
+// F columns of every table fit in a block's shared memory.
+// Block b takes output columns [c0, c0 + F) (slice b % slices; F = 2^log2_f)
+// of the ids [p * part_ids, (p + 1) * part_ids) (part p = b / slices). Its
+// shared memory holds, for every table j, the slice's columns of table j for
+// all rows[j] rows, as floats, zeroed first. Warps walk tiles of 32 ids:
+// lane L computes id L's k table rows (and, for mul, row addresses) once,
+// then groups of F lanes, one id per group, take them by shuffle; lane c of
+// a group loads the id's gradient element in column c0 + c once and adds it
+// (mul: times the other tables' elements; concat: to the one table that owns
+// the column) to shared memory with atomics. U steps are loaded before any
+// is added (U = 16 for k <= 2: a whole tile of 16-column slices), and ids
+// are loaded a tile ahead. At the end the block adds its nonzero sums to the global
+// accumulator (float atomics, one per touched row and column per block).
+// Shared-memory atomics cost a fraction of global ones and frequent rows
+// queue only inside their block, so this is the one pass over the gradient
+// that kDense aims at; the additions' order still varies between runs.
+constexpr int kSharedBlock = 512;
+
+template <typename T, int KMAX, int U>
+__global__ void __launch_bounds__(kSharedBlock, 1)
+    DenseSharedKernel(const __grid_constant__ Layout l,
+                      const __grid_constant__ ShardPointers sp,
+                      const __grid_constant__ AccOffsets ao,
+                      const void* __restrict__ ids, int ids64, int64_t n,
+                      const char* __restrict__ grad, float* __restrict__ acc,
+                      int log2_f, int slices, int64_t part_ids) {
+  constexpr unsigned kFull = 0xffffffffu;
+  TFMH_DYNAMIC_SHARED(smem);
+  float* sm = reinterpret_cast<float*>(smem);
+  const int F = 1 << log2_f;
+  const int k = l.num_tables;
+  const Combine op = l.combine;
+  const bool concat = op == Combine::kConcat;
+  const int W = l.out_width;
+  const int c0 = static_cast<int>(blockIdx.x % slices) * F;
+  const int c1 = min(c0 + F, W);
+  const int64_t part = blockIdx.x / slices;
+  // Table j's output columns in the slice: [lo[j], lo[j] + cols[j]), its
+  // first one being column lo[j] - first[j] of table j; its shared
+  // accumulator: rows[j] x cols[j] floats at sbase[j].
+  int lo[KMAX], cols[KMAX], first[KMAX], sbase[KMAX];
+  int total = 0;
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) {
+    lo[j] = cols[j] = first[j] = sbase[j] = 0;
+    if (j < k) {
+      first[j] = concat ? l.col_offset[j] : 0;
+      const int a = max(c0, first[j]);
+      const int b = min(c1, concat ? first[j] + l.width[j] : W);
+      lo[j] = a;
+      cols[j] = max(0, b - a);
+      sbase[j] = total;
+      total += static_cast<int>(l.rows[j]) * cols[j];
+    }
+  }
+  for (int e = threadIdx.x; e < total; e += kSharedBlock) sm[e] = 0.f;
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int glane = lane & (F - 1), gid = lane >> log2_f;
+  const int per_step = 32 >> log2_f;
+  const int c = c0 + glane;  // this lane's output column
+  const bool col_ok = c < c1;
+  int jc = 0;  // concat: the table that owns column c
+#pragma unroll
+  for (int j = 1; j < KMAX; ++j) {
+    if (concat && j < k && c >= l.col_offset[j]) jc = j;
+  }
+  // Shared offset of this lane's column of table j, and of row 0 there.
+  int scol[KMAX];
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) scol[j] = sbase[j] + (c - lo[j]);
+
+  const int64_t i0 = part * part_ids;
+  const int64_t i1 = min(n, i0 + part_ids);
+  const int64_t stride = kSharedBlock;  // a warp's next tile
+  const int64_t first_base = i0 + static_cast<int64_t>(threadIdx.x / 32) * 32;
+  int64_t next_id = first_base + lane < i1 ? IdAt(ids, ids64 != 0, first_base + lane)
+                                           : int64_t{0};
+  for (int64_t base = first_base; base < i1; base += stride) {
+    const int64_t i = base + lane;
+    const int64_t id = next_id;
+    if (i + stride < i1) next_id = IdAt(ids, ids64 != 0, i + stride);  // prefetch
+    const bool ok = i < i1 && IdInRange(l, id);
+    int row[KMAX];
+    unsigned long long addr[KMAX];  // table rows (mul only)
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) {
+      row[j] = 0;
+      addr[j] = 0ull;
+      if (ok && j < k) {
+        row[j] = static_cast<int>(TableRow(l, j, id));
+        if (op == Combine::kMul) addr[j] = TableRowAddr<T>(l, sp, j, row[j]);
+      }
+    }
+    const unsigned ok_mask = __ballot_sync(kFull, ok);
+    for (int s0 = 0; s0 < F; s0 += U) {
+      int r[U][KMAX];
+      bool good[U];
+      float g[U];
+      float x[U][KMAX];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= F
+        const int q = slot & 31;
+        good[u] = slot < 32 && ((ok_mask >> q) & 1u) != 0 && col_ok;
+        unsigned long long a[KMAX];
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          r[u][j] = 0;
+          a[j] = 0ull;
+          if (j < k) {
+            r[u][j] = __shfl_sync(kFull, row[j], q);
+            if (op == Combine::kMul) a[j] = __shfl_sync(kFull, addr[j], q);
+          }
+        }
+        g[u] = 0.f;
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) x[u][j] = 1.f;
+        if (good[u]) {
+          const auto* gp = reinterpret_cast<const typename Elem<T>::Bits*>(grad) +
+                           (base + q) * W + c;
+          g[u] = Elem<T>::ToF(__ldg(gp));
+#pragma unroll
+          for (int j = 0; j < KMAX; ++j) {
+            if (op == Combine::kMul && j < k) {
+              x[u][j] = Elem<T>::ToF(
+                  __ldg(reinterpret_cast<const typename Elem<T>::Bits*>(a[j]) + c));
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (!good[u]) continue;
+        if (concat) {
+#pragma unroll
+          for (int j = 0; j < KMAX; ++j) {
+            if (j == jc) atomicAdd(sm + scol[j] + r[u][j] * cols[j], g[u]);
+          }
+          continue;
+        }
+#pragma unroll
+        for (int j = 0; j < KMAX; ++j) {
+          if (j < k) {
+            float f = g[u];
+            if (op == Combine::kMul) {
+#pragma unroll
+              for (int t = 0; t < KMAX; ++t) {
+                if (t < k && t != j) f *= x[u][t];
+              }
+            }
+            atomicAdd(sm + scol[j] + r[u][j] * cols[j], f);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < KMAX; ++j) {
+    if (j < k && cols[j] > 0) {
+      const int cnt = static_cast<int>(l.rows[j]) * cols[j];
+      float* dst = acc + ao.off[j] + (lo[j] - first[j]);
+      for (int e = threadIdx.x; e < cnt; e += kSharedBlock) {
+        const float v = sm[sbase[j] + e];
+        if (v != 0.f) {
+          const int rr = e / cols[j];
+          atomicAdd(dst + static_cast<int64_t>(rr) * l.width[j] + (e - rr * cols[j]), v);
+        }
+      }
+    }
+  }
+}
+
 // One group of G lanes per (key, column tile): a marked key's accumulator
 // row goes, converted to T, to its shard's next distinct row (its rank in
 // the scan), and its shard-local row to the indices.
@@ -1358,80 +1524,10 @@ int MaxSharedBytes() {
   return bytes;
 }
 
-// How StagedLookupKernel runs, if it does.
-struct StagePlan {
-  int log2_slice = 0;
-  int slices = 0;
-  size_t shared_bytes = 0;
-  unsigned grid = 0;
-};
-
-// The staged forward applies to add and mul when a slice of at least one
-// vector of every table row fits in shared memory. It has not yet been
-// timed on a GPU, so the tiled kernel stays the default; the environment
-// variable TFMH_GPU_FORWARD picks: "staged" takes the staged kernel
-// whenever it applies (the standalone test and benchmark use it and
-// "tiled"), "auto" takes it when slices are at least 64 bytes wide and the
-// ids outnumber 8 x (table rows) x (blocks per slice), so that staging
-// reads at most about 1/8 of what the output writes.
-bool MakeStagePlan(const Layout& l, size_t esz, int v, int64_t n,
-                   StagePlan* p) {
-  const char* mode = std::getenv("TFMH_GPU_FORWARD");
-  const bool always = mode != nullptr && std::strcmp(mode, "staged") == 0;
-  const bool by_rule = mode != nullptr && std::strcmp(mode, "auto") == 0;
-  if ((!always && !by_rule) || l.combine == Combine::kConcat || n <= 0) {
-    return false;
-  }
-  int64_t rows = 0;
-  for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
-  const int64_t budget = MaxSharedBytes() - 1024;
-  if (rows > budget) return false;
-  const int nv_out = static_cast<int>(static_cast<int64_t>(l.out_width) * esz / v);
-  int lg = GroupLog2(nv_out);
-  while (lg > 0 && rows * (int64_t{1} << lg) * v > budget) --lg;
-  const int64_t shared = rows * (int64_t{1} << lg) * v;
-  if (shared > budget) return false;
-  if (!always && (int64_t{1} << lg) * v < 64) return false;
-  p->log2_slice = lg;
-  p->slices = (nv_out + (1 << lg) - 1) >> lg;
-  const int64_t tiles_per_part = kStageBlock / 32;
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>((NumSMs() + p->slices - 1) / p->slices,
-                           ((n + 31) / 32 + tiles_per_part - 1) / tiles_per_part));
-  if (!always && n < 8 * rows * parts) return false;
-  const int64_t grid = parts * p->slices;
-  if (grid > INT_MAX) return false;
-  p->grid = static_cast<unsigned>(grid);
-  p->shared_bytes = static_cast<size_t>(shared);
-  return true;
-}
-
-template <typename T, int V, int KMAX>
-void LaunchStaged(const StagePlan& plan, const Layout& l,
-                  const ShardPointers& sp, const void* ids, bool ids64,
-                  int64_t n, void* out, int64_t* first_bad, cudaStream_t s) {
-  cudaFuncSetAttribute(StagedLookupKernel<T, V, KMAX>,
-                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(plan.shared_bytes));
-  TFMH_LAUNCH(plan.grid, kStageBlock, plan.shared_bytes, s,
-              StagedLookupKernel<T, V, KMAX>)(
-      l, sp, ids, ids64 ? 1 : 0, n, static_cast<char*>(out), first_bad,
-      plan.log2_slice, plan.slices);
-}
-
 template <typename T, int V>
 void LaunchLookupV(const Layout& l, const ShardPointers& sp, const void* ids,
                    bool ids64, int64_t n, void* out, int64_t* first_bad,
                    cudaStream_t s) {
-  StagePlan plan;
-  if (MakeStagePlan(l, sizeof(T), V, n, &plan)) {
-    if (l.num_tables <= 2) {
-      LaunchStaged<T, V, 2>(plan, l, sp, ids, ids64, n, out, first_bad, s);
-    } else {
-      LaunchStaged<T, V, kMaxTables>(plan, l, sp, ids, ids64, n, out, first_bad, s);
-    }
-    return;
-  }
   const int n_vec =
       static_cast<int>(static_cast<int64_t>(l.out_width) * sizeof(T) / V);
   const int lg = GroupLog2(n_vec);
@@ -1654,6 +1750,11 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
     TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
   }
   TFMH_LAUNCH(grid, kBlock, 0, s, GradFixupKernel<T, V>)(l, so, a, lg);
+  const int64_t batches = (a.chunks + kBlock - 1) / kBlock;
+  const unsigned grid_long = static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>(batches, NumSMs() * 4)));
+  TFMH_LAUNCH(grid_long, kBlock, kBlock * (sizeof(int) + N * sizeof(float)), s,
+              GradLongFixupKernel<T, V>)(l, so, a);
 }
 
 template <typename T>
@@ -1677,8 +1778,19 @@ void FinishT(int v, const Layout& l, const ShardPointers& sp,
 // atomics on the same addresses).
 constexpr int64_t kDenseMinRows = 64;
 
+// How DenseSharedKernel runs, if it does.
+struct SharedPlan {
+  int log2_f = 0;        // F = 2^log2_f output columns per slice
+  int slices = 0;
+  int64_t part_ids = 0;  // ids per block (a multiple of 32)
+  size_t shared_bytes = 0;
+  unsigned grid = 0;     // parts x slices
+};
+
 struct DensePlan {
   int64_t n = 0;
+  bool shared = false;  // DenseSharedKernel, else DenseScatterKernel
+  SharedPlan sh;
   int num_shards = 0;
   int64_t num_keys = 0;  // sum of the tables' rows
   KeyOffsets ko = {};
@@ -1709,6 +1821,77 @@ bool DenseSizes(const Layout& l, KeyOffsets* ko, AccOffsets* ao,
   return true;
 }
 
+// Shared memory of the widest slice of f output columns: for every table,
+// its rows times its columns in the slice, as floats.
+size_t SliceSharedBytes(const Layout& l, int f) {
+  const bool concat = l.combine == Combine::kConcat;
+  size_t most = 0;
+  for (int c0 = 0; c0 < l.out_width; c0 += f) {
+    size_t bytes = 0;
+    for (int j = 0; j < l.num_tables; ++j) {
+      const int first = concat ? l.col_offset[j] : 0;
+      const int end = concat ? first + l.width[j] : l.out_width;
+      const int a = std::max(c0, first), b = std::min(c0 + f, end);
+      if (b > a) bytes += sizeof(float) * static_cast<size_t>(l.rows[j]) * (b - a);
+    }
+    most = std::max(most, bytes);
+  }
+  return most;
+}
+
+int SharedPerSM() {
+  int dev = 0, bytes = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                             dev) != cudaSuccess) {
+    cudaGetLastError();
+    bytes = 64 * 1024;
+  }
+  return bytes;
+}
+
+// kDense sums in shared memory (DenseSharedKernel) when a slice of at least
+// one column of every table fits in a block's shared memory, and the ids
+// carry at least as many gradient elements as all blocks together would
+// flush, and the slices are at least 8 columns wide (or the whole row).
+// Slices are as wide as fits, up to 32 columns; blocks fill the GPU
+// (parts x slices of them), with at least 2048 ids each. The environment
+// variable TFMH_GPU_DENSE picks for the standalone test and benchmark:
+// "global" never takes the shared kernel, "shared" takes it whenever it
+// fits; TFMH_GPU_DENSE_COLS caps the slice width.
+bool MakeSharedPlan(const Layout& l, int64_t n, unsigned long long acc_floats,
+                    SharedPlan* p) {
+  const char* mode = std::getenv("TFMH_GPU_DENSE");
+  if (n <= 0 || (mode != nullptr && std::strcmp(mode, "global") == 0)) return false;
+  const bool always = mode != nullptr && std::strcmp(mode, "shared") == 0;
+  const int64_t budget = MaxSharedBytes();
+  int lg = GroupLog2(l.out_width);
+  const char* cap = std::getenv("TFMH_GPU_DENSE_COLS");
+  if (cap != nullptr) {
+    const int want = std::max(1, std::atoi(cap));
+    while (lg > 0 && (1 << lg) > want) --lg;
+  }
+  while (lg >= 0 && static_cast<int64_t>(SliceSharedBytes(l, 1 << lg)) > budget) --lg;
+  if (lg < 0) return false;
+  // Narrower slices would read the gradient in pieces of less than a 32-byte
+  // sector (f32), each sector once per slice.
+  if (!always && (1 << lg) < std::min(8, l.out_width)) return false;
+  p->log2_f = lg;
+  p->shared_bytes = std::max<size_t>(SliceSharedBytes(l, 1 << lg), sizeof(float));
+  p->slices = (l.out_width + (1 << lg) - 1) >> lg;
+  const int64_t per_sm = std::max<int64_t>(
+      1, std::min<int64_t>(2048 / kSharedBlock,
+                           SharedPerSM() / static_cast<int64_t>(p->shared_bytes + 1024)));
+  int64_t parts = std::max<int64_t>(1, NumSMs() * per_sm / p->slices);
+  parts = std::min(parts, (n + 2047) / 2048);
+  p->part_ids = ((n + parts - 1) / parts + 31) / 32 * 32;
+  parts = (n + p->part_ids - 1) / p->part_ids;
+  if (parts * p->slices > INT_MAX) return false;
+  p->grid = static_cast<unsigned>(parts * p->slices);
+  return always || static_cast<double>(n) * l.out_width >=
+                       static_cast<double>(parts) * static_cast<double>(acc_floats);
+}
+
 cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
   if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
   *p = DensePlan();
@@ -1735,6 +1918,7 @@ cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
   p->cub = off; off += AlignUp(std::max<size_t>(p->cub_bytes, 1));
   p->acc = off; off += AlignUp(sizeof(float) * static_cast<size_t>(p->acc_floats));
   p->total = off + kAlign;
+  p->shared = MakeSharedPlan(l, n, p->acc_floats, &p->sh);
   return cudaSuccess;
 }
 
@@ -1791,7 +1975,25 @@ void DenseFinishV(const Layout& l, const ShardPointers& sp,
                   cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
   float* acc = reinterpret_cast<float*>(const_cast<char*>(ws) + p.acc);
-  if (p.n > 0) {
+  if (p.shared) {
+    const SharedPlan& sh = p.sh;
+    if (l.num_tables <= 2) {
+      cudaFuncSetAttribute(DenseSharedKernel<T, 2, 16>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(sh.shared_bytes));
+      TFMH_LAUNCH(sh.grid, kSharedBlock, sh.shared_bytes, s, DenseSharedKernel<T, 2, 16>)(
+          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, sh.log2_f, sh.slices,
+          sh.part_ids);
+    } else {
+      cudaFuncSetAttribute(DenseSharedKernel<T, kMaxTables, 2>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(sh.shared_bytes));
+      TFMH_LAUNCH(sh.grid, kSharedBlock, sh.shared_bytes, s,
+                  DenseSharedKernel<T, kMaxTables, 2>)(
+          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, sh.log2_f, sh.slices,
+          sh.part_ids);
+    }
+  } else if (p.n > 0) {
     const int lg = GroupLog2(l.out_width / N);
     const unsigned grid = GridFor((p.n + 31) / 32, 5);  // a warp per 32 ids
     if (l.num_tables <= 2) {

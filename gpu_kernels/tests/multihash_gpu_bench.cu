@@ -1,18 +1,22 @@
 // Standalone benchmark of the multi-hash CUDA kernels (no TensorFlow).
 //
-// Q-R layout, k = 2, rows_Q = rows_R = 1000 (capacity 1e6), float32, int64
-// ids, one shard per table. For uniform ids with B in {64Ki, 1Mi, 8Mi}, D in
-// {16, 64, 128}, and skewed ids (a quarter on one Q row) with B = 1Mi, D = 64,
-// and add/mul/concat (concat: widths D/2 + D/2) it times, as the median of 20
-// reps with CUDA events:
-//   fwd   - LaunchLookup, with the tiled kernel (TFMH_GPU_FORWARD=tiled) and,
-//           for add and mul, the staged one (=staged);
+// Q-R layout, k = 2, float32, int64 ids, one shard per table. With tables of
+// 1000 x 1000 rows (capacity 1e6): uniform ids with B in {64Ki, 1Mi, 8Mi}
+// and D in {16, 64, 128}, and skewed ids (a quarter on one Q row) with
+// B in {1Mi, 8Mi}, D = 64; with tables of 10000 x 10000 rows (capacity 1e8,
+// too large for the shared-memory sums at 8+ columns): uniform ids, B in
+// {1Mi, 8Mi}, D = 64. For add/mul/concat (concat: widths D/2 + D/2) it
+// times, as the median of 20 reps with CUDA events:
+//   fwd   - LaunchLookup;
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
 //   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish,
-//           once with the sorted and once with the dense algorithm ("prep":
-//           prepare + sync alone; "auto": what kAuto picks for that shape).
+//           with the sorted algorithm and with the dense one, the latter
+//           with global atomics (TFMH_GPU_DENSE=global), with sums in
+//           shared memory (=shared) and with those slices capped at 8
+//           columns (TFMH_GPU_DENSE_COLS=8) ("prep": prepare + sync alone;
+//           "auto": what kAuto picks for that shape).
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -57,7 +61,7 @@ namespace {
 
 constexpr int kReps = 20;
 constexpr int kWarmup = 3;
-constexpr int64_t kRows = 1000;
+constexpr int64_t kMaxRows = 10000;  // rows of each table, at most
 
 __device__ __forceinline__ uint64_t SplitMix(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -204,11 +208,12 @@ int main() {
   std::printf("Byte model: fwd = B*8 (ids) + B*D*4 (out); bwd = B*8 (ids) + B*D*4 "
               "(grad, read once) + unique rows * (8 + width*4) (indices + values). "
               "GB/s = bytes / median time; %% copy = of the memcpy bandwidth above.\n\n");
-  std::printf("| op | ids | B | D | fwd ms | fwd GB/s | fwd %% copy | staged fwd ms | "
-              "staged %% copy | naive fwd ms | speedup | "
-              "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
-              "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | "
+              "naive fwd ms | speedup | "
+              "sorted bwd ms | sorted prep ms | sorted %% copy | dense global ms | "
+              "dense shared F<=8 ms | dense shared ms | dense prep ms | "
+              "dense shared GB/s | dense shared %% copy | auto | max abs(fwd-naive) |\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -220,26 +225,32 @@ int main() {
   struct IdSet {
     int64_t batch;
     bool skewed;
+    int64_t rows;  // of each table
   };
-  const IdSet sets[] = {{65536, false}, {1048576, false}, {8388608, false}, {1048576, true}};
+  const IdSet sets[] = {{65536, false, 1000},   {1048576, false, 1000},
+                        {8388608, false, 1000}, {1048576, true, 1000},
+                        {8388608, true, 1000},  {1048576, false, 10000},
+                        {8388608, false, 10000}};
   const int all_dims[] = {16, 64, 128};
-  const int skewed_dims[] = {64};
+  const int one_dim[] = {64};
   const tfmh::Combine ops[] = {tfmh::Combine::kAdd, tfmh::Combine::kMul,
                                tfmh::Combine::kConcat};
   const int64_t dmax = 128;
   // Tables sized for the widest case (width <= dmax); indices/values per shard.
   float *tq, *tr;
-  CUDA_OK(cudaMalloc(&tq, kRows * dmax * sizeof(float)));
-  CUDA_OK(cudaMalloc(&tr, kRows * dmax * sizeof(float)));
+  CUDA_OK(cudaMalloc(&tq, kMaxRows * dmax * sizeof(float)));
+  CUDA_OK(cudaMalloc(&tr, kMaxRows * dmax * sizeof(float)));
   void *idx_q, *idx_r, *val_q, *val_r;
-  CUDA_OK(cudaMalloc(&idx_q, kRows * 8));
-  CUDA_OK(cudaMalloc(&idx_r, kRows * 8));
-  CUDA_OK(cudaMalloc(&val_q, kRows * dmax * sizeof(float)));
-  CUDA_OK(cudaMalloc(&val_r, kRows * dmax * sizeof(float)));
+  CUDA_OK(cudaMalloc(&idx_q, kMaxRows * 8));
+  CUDA_OK(cudaMalloc(&idx_r, kMaxRows * 8));
+  CUDA_OK(cudaMalloc(&val_q, kMaxRows * dmax * sizeof(float)));
+  CUDA_OK(cudaMalloc(&val_r, kMaxRows * dmax * sizeof(float)));
 
   for (const IdSet& set : sets) {
     const int64_t B = set.batch;
-    const std::vector<int> dims = set.skewed ? std::vector<int>(std::begin(skewed_dims), std::end(skewed_dims))
+    const int64_t nrows = set.rows;
+    const bool few_dims = set.skewed || set.rows != 1000;
+    const std::vector<int> dims = few_dims ? std::vector<int>(std::begin(one_dim), std::end(one_dim))
                                              : std::vector<int>(std::begin(all_dims), std::end(all_dims));
     int64_t *ids, *q, *r;
     float *out, *grad, *gq, *gr, *naive_out;
@@ -251,17 +262,17 @@ int main() {
     CUDA_OK(cudaMalloc(&grad, B * dmax * sizeof(float)));
     CUDA_OK(cudaMalloc(&gq, B * dmax * sizeof(float)));
     CUDA_OK(cudaMalloc(&gr, B * dmax * sizeof(float)));
-    FillIds<<<Grid(B), 256, 0, s>>>(ids, B, kRows * kRows, 42 + B, set.skewed ? 1 : 0);
+    FillIds<<<Grid(B), 256, 0, s>>>(ids, B, nrows * nrows, 42 + B, set.skewed ? 1 : 0);
     FillFloats<<<Grid(B * dmax), 256, 0, s>>>(grad, B * dmax, 7, -1.f, 1.f);
     CUDA_OK(cudaGetLastError());
     for (int D : dims) {
       for (tfmh::Combine op : ops) {
         const bool concat = op == tfmh::Combine::kConcat;
         const int w = concat ? D / 2 : D;
-        const int64_t rows[2] = {kRows, kRows};
+        const int64_t rows[2] = {nrows, nrows};
         const int32_t widths[2] = {w, w};
         const int32_t spt[2] = {1, 1};
-        const int64_t shard_rows[2] = {kRows, kRows};
+        const int64_t shard_rows[2] = {nrows, nrows};
         tfmh::Layout l;
         const std::string err = tfmh::InitLayout(tfmh::Strategy::kQR, op, 2, rows, widths,
                                                  spt, shard_rows, &l);
@@ -269,8 +280,8 @@ int main() {
           std::fprintf(stderr, "InitLayout: %s\n", err.c_str());
           return 2;
         }
-        FillFloats<<<Grid(kRows * w), 256, 0, s>>>(tq, kRows * w, 11 + D, 0.5f, 1.5f);
-        FillFloats<<<Grid(kRows * w), 256, 0, s>>>(tr, kRows * w, 13 + D, 0.5f, 1.5f);
+        FillFloats<<<Grid(nrows * w), 256, 0, s>>>(tq, nrows * w, 11 + D, 0.5f, 1.5f);
+        FillFloats<<<Grid(nrows * w), 256, 0, s>>>(tr, nrows * w, 13 + D, 0.5f, 1.5f);
         tfmh::gpu::ShardPointers sp = {};
         sp.data[0] = tq;
         sp.data[1] = tr;
@@ -280,17 +291,10 @@ int main() {
         auto lookup = [&] {
           API_OK(tfmh::gpu::LaunchLookup(l, dt, it, sp, ids, B, out, d_first_bad, s));
         };
-        setenv("TFMH_GPU_FORWARD", "tiled", 1);
         const double fwd_ms = MedianMs(s, lookup);
-        double staged_ms = 0;  // add and mul only
-        if (!concat) {
-          setenv("TFMH_GPU_FORWARD", "staged", 1);
-          staged_ms = MedianMs(s, lookup);
-        }
-        unsetenv("TFMH_GPU_FORWARD");
         const int opi = static_cast<int>(op);
         const double naive_ms = MedianMs(s, [&] {
-          NaiveQR<<<Grid(B), 256, 0, s>>>(ids, B, kRows, q, r);
+          NaiveQR<<<Grid(B), 256, 0, s>>>(ids, B, nrows, q, r);
           NaiveGather<<<Grid(B * w), 256, 0, s>>>(tq, q, B, w, gq);
           NaiveGather<<<Grid(B * w), 256, 0, s>>>(tr, r, B, w, gr);
           NaiveCombine<<<Grid(B * D), 256, 0, s>>>(gq, gr, B, w, w, opi, naive_out);
@@ -336,9 +340,16 @@ int main() {
           CUDA_OK(cudaFree(ws));
           return ms;
         };
-        double sorted_prep = 0, dense_prep = 0;
+        double sorted_prep = 0, dense_prep = 0, unused = 0;
         const double sorted_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &sorted_prep);
+        setenv("TFMH_GPU_DENSE", "global", 1);
+        const double global_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &unused);
+        setenv("TFMH_GPU_DENSE", "shared", 1);
         const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
+        setenv("TFMH_GPU_DENSE_COLS", "8", 1);
+        const double cols8_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &unused);
+        unsetenv("TFMH_GPU_DENSE_COLS");
+        unsetenv("TFMH_GPU_DENSE");
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
                                 tfmh::gpu::GradAlgorithm::kDense;
@@ -348,17 +359,13 @@ int main() {
         const double fwd_gbs = fwd_bytes / (fwd_ms * 1e6);
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
-        char staged[64] = "- | -";
-        if (!concat) {
-          std::snprintf(staged, sizeof(staged), "%.4f | %.1f%%", staged_ms,
-                        100.0 * fwd_bytes / (staged_ms * 1e6) / copy_gbs);
-        }
-        std::printf("| %s | %s | %lld | %d | %.4f | %.1f | %.1f%% | %s | %.4f | %.2fx | %.4f | %.4f | "
-                    "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
+        std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.4f | "
+                    "%.1f%% | %.4f | %.4f | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
-                    set.skewed ? "skewed" : "uniform", static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
-                    staged, naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
-                    100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
+                    set.skewed ? "skewed" : "uniform", static_cast<long long>(nrows),
+                    static_cast<long long>(nrows), static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
+                    naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
+                    100.0 * sorted_gbs / copy_gbs, global_ms, cols8_ms, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);
       }

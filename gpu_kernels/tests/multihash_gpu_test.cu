@@ -219,10 +219,7 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   auto valid = [&](int64_t id) { return tfmh::IdInRange(l, id); };
 
   // ------------------------------------------------------------ forward
-  // Both forward kernels (the staged one only applies to add and mul; for
-  // concat both runs take the tiled kernel), each against the reference.
-  auto forward = [&](const char* mode) -> std::string {
-    setenv("TFMH_GPU_FORWARD", mode, 1);
+  auto forward = [&]() -> std::string {
     const size_t out_elems = static_cast<size_t>(n) * W;
     DeviceBuf d_out((out_elems + kGuard) * es);
     DeviceBuf d_first_bad(sizeof(int64_t));
@@ -283,10 +280,9 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     return "";
   };
-  for (const char* mode : {"tiled", "staged"}) {
-    const std::string err = forward(mode);
-    unsetenv("TFMH_GPU_FORWARD");
-    if (!err.empty()) return std::string(mode) + " forward: " + err;
+  {
+    const std::string err = forward();
+    if (!err.empty()) return "forward: " + err;
   }
 
   // ------------------------------------------------------------ backward
@@ -439,11 +435,17 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     return "";
   };
   std::vector<std::vector<uint8_t>> first, second;
-  const GradAlgorithm algos[] = {GradAlgorithm::kSorted, GradAlgorithm::kDense};
-  for (GradAlgorithm algo : algos) {
-    const std::string err =
-        backward(algo, algo == GradAlgorithm::kSorted ? &first : nullptr);
-    if (!err.empty()) return std::string(AlgoName(algo)) + " backward: " + err;
+  {
+    const std::string err = backward(GradAlgorithm::kSorted, &first);
+    if (!err.empty()) return "sorted backward: " + err;
+  }
+  // Both kernels of the dense algorithm: global atomics, and sums in shared
+  // memory (the tables here are small enough for it).
+  for (const char* mode : {"global", "shared"}) {
+    setenv("TFMH_GPU_DENSE", mode, 1);
+    const std::string err = backward(GradAlgorithm::kDense, nullptr);
+    unsetenv("TFMH_GPU_DENSE");
+    if (!err.empty()) return std::string("dense (") + mode + ") backward: " + err;
   }
   // The sorted algorithm is deterministic: a second run, bit for bit.
   if (n >= 5000) {
