@@ -25,7 +25,10 @@
 // items; one group per (chunk, column tile) walks its chunk, summing the
 // gradient vectors (P_j for mul) of each run segment in float. Runs that lie inside one chunk are written directly; a run crossing
 // chunk borders leaves one float partial per chunk, and a fix-up kernel (one
-// group per run owner) adds them in chunk order. Everything is deterministic.
+// group per run owner) adds them in chunk order; a run over more than 64
+// chunks (a frequent row) is left to a second fix-up kernel, where a whole
+// block adds its partials in a fixed order (strided per thread, then the
+// thread sums in thread order). Everything is deterministic.
 //
 // Dense, phase 1: marks[key] = 1 for every (table, row) key in use, an
 // inclusive scan numbers the distinct rows, and each shard's count is a
@@ -1238,183 +1241,6 @@ __global__ void __launch_bounds__(kBlock, 1)
   });
 }
 
-// kDense with the accumulator of a column slice in shared memory: the
-// shared-memory variant of DenseScatterKernel, for tables small enough that
-// F columns of every table fit in a block's shared memory.
-// Block b takes output columns [c0, c0 + F) (slice b % slices; F = 2^log2_f)
-// of the ids [p * part_ids, (p + 1) * part_ids) (part p = b / slices). Its
-// shared memory holds, for every table j, the slice's columns of table j for
-// all rows[j] rows, as floats, zeroed first. Warps walk tiles of 32 ids:
-// lane L computes id L's k table rows (and, for mul, row addresses) once,
-// then groups of F lanes, one id per group, take them by shuffle; lane c of
-// a group loads the id's gradient element in column c0 + c once and adds it
-// (mul: times the other tables' elements; concat: to the one table that owns
-// the column) to shared memory with atomics. U steps are loaded before any
-// is added (U = 16 for k <= 2: a whole tile of 16-column slices), and ids
-// are loaded a tile ahead. At the end the block adds its nonzero sums to the global
-// accumulator (float atomics, one per touched row and column per block).
-// Shared-memory atomics cost a fraction of global ones and frequent rows
-// queue only inside their block, so this is the one pass over the gradient
-// that kDense aims at; the additions' order still varies between runs.
-constexpr int kSharedBlock = 512;
-
-template <typename T, int KMAX, int U>
-__global__ void __launch_bounds__(kSharedBlock, 1)
-    DenseSharedKernel(const __grid_constant__ Layout l,
-                      const __grid_constant__ ShardPointers sp,
-                      const __grid_constant__ AccOffsets ao,
-                      const void* __restrict__ ids, int ids64, int64_t n,
-                      const char* __restrict__ grad, float* __restrict__ acc,
-                      int log2_f, int slices, int64_t part_ids) {
-  constexpr unsigned kFull = 0xffffffffu;
-  TFMH_DYNAMIC_SHARED(smem);
-  float* sm = reinterpret_cast<float*>(smem);
-  const int F = 1 << log2_f;
-  const int k = l.num_tables;
-  const Combine op = l.combine;
-  const bool concat = op == Combine::kConcat;
-  const int W = l.out_width;
-  const int c0 = static_cast<int>(blockIdx.x % slices) * F;
-  const int c1 = min(c0 + F, W);
-  const int64_t part = blockIdx.x / slices;
-  // Table j's output columns in the slice: [lo[j], lo[j] + cols[j]), its
-  // first one being column lo[j] - first[j] of table j; its shared
-  // accumulator: rows[j] x cols[j] floats at sbase[j].
-  int lo[KMAX], cols[KMAX], first[KMAX], sbase[KMAX];
-  int total = 0;
-#pragma unroll
-  for (int j = 0; j < KMAX; ++j) {
-    lo[j] = cols[j] = first[j] = sbase[j] = 0;
-    if (j < k) {
-      first[j] = concat ? l.col_offset[j] : 0;
-      const int a = max(c0, first[j]);
-      const int b = min(c1, concat ? first[j] + l.width[j] : W);
-      lo[j] = a;
-      cols[j] = max(0, b - a);
-      sbase[j] = total;
-      total += static_cast<int>(l.rows[j]) * cols[j];
-    }
-  }
-  for (int e = threadIdx.x; e < total; e += kSharedBlock) sm[e] = 0.f;
-  __syncthreads();
-
-  const int lane = threadIdx.x & 31;
-  const int glane = lane & (F - 1), gid = lane >> log2_f;
-  const int per_step = 32 >> log2_f;
-  const int c = c0 + glane;  // this lane's output column
-  const bool col_ok = c < c1;
-  int jc = 0;  // concat: the table that owns column c
-#pragma unroll
-  for (int j = 1; j < KMAX; ++j) {
-    if (concat && j < k && c >= l.col_offset[j]) jc = j;
-  }
-  // Shared offset of this lane's column of table j, and of row 0 there.
-  int scol[KMAX];
-#pragma unroll
-  for (int j = 0; j < KMAX; ++j) scol[j] = sbase[j] + (c - lo[j]);
-
-  const int64_t i0 = part * part_ids;
-  const int64_t i1 = min(n, i0 + part_ids);
-  const int64_t stride = kSharedBlock;  // a warp's next tile
-  const int64_t first_base = i0 + static_cast<int64_t>(threadIdx.x / 32) * 32;
-  int64_t next_id = first_base + lane < i1 ? IdAt(ids, ids64 != 0, first_base + lane)
-                                           : int64_t{0};
-  for (int64_t base = first_base; base < i1; base += stride) {
-    const int64_t i = base + lane;
-    const int64_t id = next_id;
-    if (i + stride < i1) next_id = IdAt(ids, ids64 != 0, i + stride);  // prefetch
-    const bool ok = i < i1 && IdInRange(l, id);
-    int row[KMAX];
-    unsigned long long addr[KMAX];  // table rows (mul only)
-#pragma unroll
-    for (int j = 0; j < KMAX; ++j) {
-      row[j] = 0;
-      addr[j] = 0ull;
-      if (ok && j < k) {
-        row[j] = static_cast<int>(TableRow(l, j, id));
-        if (op == Combine::kMul) addr[j] = TableRowAddr<T>(l, sp, j, row[j]);
-      }
-    }
-    const unsigned ok_mask = __ballot_sync(kFull, ok);
-    for (int s0 = 0; s0 < F; s0 += U) {
-      int r[U][KMAX];
-      bool good[U];
-      float g[U];
-      float x[U][KMAX];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int slot = (s0 + u) * per_step + gid;  // >= 32 iff s0 + u >= F
-        const int q = slot & 31;
-        good[u] = slot < 32 && ((ok_mask >> q) & 1u) != 0 && col_ok;
-        unsigned long long a[KMAX];
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) {
-          r[u][j] = 0;
-          a[j] = 0ull;
-          if (j < k) {
-            r[u][j] = __shfl_sync(kFull, row[j], q);
-            if (op == Combine::kMul) a[j] = __shfl_sync(kFull, addr[j], q);
-          }
-        }
-        g[u] = 0.f;
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) x[u][j] = 1.f;
-        if (good[u]) {
-          const auto* gp = reinterpret_cast<const typename Elem<T>::Bits*>(grad) +
-                           (base + q) * W + c;
-          g[u] = Elem<T>::ToF(__ldg(gp));
-#pragma unroll
-          for (int j = 0; j < KMAX; ++j) {
-            if (op == Combine::kMul && j < k) {
-              x[u][j] = Elem<T>::ToF(
-                  __ldg(reinterpret_cast<const typename Elem<T>::Bits*>(a[j]) + c));
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (!good[u]) continue;
-        if (concat) {
-#pragma unroll
-          for (int j = 0; j < KMAX; ++j) {
-            if (j == jc) atomicAdd(sm + scol[j] + r[u][j] * cols[j], g[u]);
-          }
-          continue;
-        }
-#pragma unroll
-        for (int j = 0; j < KMAX; ++j) {
-          if (j < k) {
-            float f = g[u];
-            if (op == Combine::kMul) {
-#pragma unroll
-              for (int t = 0; t < KMAX; ++t) {
-                if (t < k && t != j) f *= x[u][t];
-              }
-            }
-            atomicAdd(sm + scol[j] + r[u][j] * cols[j], f);
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < KMAX; ++j) {
-    if (j < k && cols[j] > 0) {
-      const int cnt = static_cast<int>(l.rows[j]) * cols[j];
-      float* dst = acc + ao.off[j] + (lo[j] - first[j]);
-      for (int e = threadIdx.x; e < cnt; e += kSharedBlock) {
-        const float v = sm[sbase[j] + e];
-        if (v != 0.f) {
-          const int rr = e / cols[j];
-          atomicAdd(dst + static_cast<int64_t>(rr) * l.width[j] + (e - rr * cols[j]), v);
-        }
-      }
-    }
-  }
-}
-
 // One group of G lanes per (key, column tile): a marked key's accumulator
 // row goes, converted to T, to its shard's next distinct row (its rank in
 // the scan), and its shard-local row to the indices.
@@ -1511,17 +1337,6 @@ bool LayoutOk(const Layout& l) {
     if (l.width[j] <= 0 || l.rows[j] <= 0 || l.divisor[j] <= 0) return false;
   }
   return true;
-}
-
-int MaxSharedBytes() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                             dev) != cudaSuccess) {
-    cudaGetLastError();
-    bytes = 48 * 1024;
-  }
-  return bytes;
 }
 
 template <typename T, int V>
@@ -1772,25 +1587,20 @@ void FinishT(int v, const Layout& l, const ShardPointers& sp,
 }
 
 // ------------------------------------------------------------ dense plan
-// kAuto takes kDense when the accumulator is no larger than the gradient
-// (so zeroing and compacting it cost less than the pass itself) and every
-// table has at least kDenseMinRows rows (fewer rows put thousands of ids'
-// atomics on the same addresses).
+// kAuto takes kDense where it timed faster than kSorted (on an H200, see
+// the README): for mul at every size (kSorted's product pass writes and
+// reads k * n * width floats), and for add and concat up to kDenseMaxIds
+// ids, where the sort's fixed costs dominate (beyond that the dense pass is
+// bound by the rate of float atomics in L2, and kSorted, which reads the
+// gradient once per table, wins). In both cases only when the accumulator
+// is no larger than the gradient (so zeroing and compacting it cost less
+// than the pass itself) and every table has at least kDenseMinRows rows
+// (fewer rows put thousands of ids' atomics on the same addresses).
 constexpr int64_t kDenseMinRows = 64;
-
-// How DenseSharedKernel runs, if it does.
-struct SharedPlan {
-  int log2_f = 0;        // F = 2^log2_f output columns per slice
-  int slices = 0;
-  int64_t part_ids = 0;  // ids per block (a multiple of 32)
-  size_t shared_bytes = 0;
-  unsigned grid = 0;     // parts x slices
-};
+constexpr int64_t kDenseMaxIds = int64_t{1} << 18;
 
 struct DensePlan {
   int64_t n = 0;
-  bool shared = false;  // DenseSharedKernel, else DenseScatterKernel
-  SharedPlan sh;
   int num_shards = 0;
   int64_t num_keys = 0;  // sum of the tables' rows
   KeyOffsets ko = {};
@@ -1821,77 +1631,6 @@ bool DenseSizes(const Layout& l, KeyOffsets* ko, AccOffsets* ao,
   return true;
 }
 
-// Shared memory of the widest slice of f output columns: for every table,
-// its rows times its columns in the slice, as floats.
-size_t SliceSharedBytes(const Layout& l, int f) {
-  const bool concat = l.combine == Combine::kConcat;
-  size_t most = 0;
-  for (int c0 = 0; c0 < l.out_width; c0 += f) {
-    size_t bytes = 0;
-    for (int j = 0; j < l.num_tables; ++j) {
-      const int first = concat ? l.col_offset[j] : 0;
-      const int end = concat ? first + l.width[j] : l.out_width;
-      const int a = std::max(c0, first), b = std::min(c0 + f, end);
-      if (b > a) bytes += sizeof(float) * static_cast<size_t>(l.rows[j]) * (b - a);
-    }
-    most = std::max(most, bytes);
-  }
-  return most;
-}
-
-int SharedPerSM() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
-                             dev) != cudaSuccess) {
-    cudaGetLastError();
-    bytes = 64 * 1024;
-  }
-  return bytes;
-}
-
-// kDense sums in shared memory (DenseSharedKernel) when a slice of at least
-// one column of every table fits in a block's shared memory, and the ids
-// carry at least as many gradient elements as all blocks together would
-// flush, and the slices are at least 8 columns wide (or the whole row).
-// Slices are as wide as fits, up to 32 columns; blocks fill the GPU
-// (parts x slices of them), with at least 2048 ids each. The environment
-// variable TFMH_GPU_DENSE picks for the standalone test and benchmark:
-// "global" never takes the shared kernel, "shared" takes it whenever it
-// fits; TFMH_GPU_DENSE_COLS caps the slice width.
-bool MakeSharedPlan(const Layout& l, int64_t n, unsigned long long acc_floats,
-                    SharedPlan* p) {
-  const char* mode = std::getenv("TFMH_GPU_DENSE");
-  if (n <= 0 || (mode != nullptr && std::strcmp(mode, "global") == 0)) return false;
-  const bool always = mode != nullptr && std::strcmp(mode, "shared") == 0;
-  const int64_t budget = MaxSharedBytes();
-  int lg = GroupLog2(l.out_width);
-  const char* cap = std::getenv("TFMH_GPU_DENSE_COLS");
-  if (cap != nullptr) {
-    const int want = std::max(1, std::atoi(cap));
-    while (lg > 0 && (1 << lg) > want) --lg;
-  }
-  while (lg >= 0 && static_cast<int64_t>(SliceSharedBytes(l, 1 << lg)) > budget) --lg;
-  if (lg < 0) return false;
-  // Narrower slices would read the gradient in pieces of less than a 32-byte
-  // sector (f32), each sector once per slice.
-  if (!always && (1 << lg) < std::min(8, l.out_width)) return false;
-  p->log2_f = lg;
-  p->shared_bytes = std::max<size_t>(SliceSharedBytes(l, 1 << lg), sizeof(float));
-  p->slices = (l.out_width + (1 << lg) - 1) >> lg;
-  const int64_t per_sm = std::max<int64_t>(
-      1, std::min<int64_t>(2048 / kSharedBlock,
-                           SharedPerSM() / static_cast<int64_t>(p->shared_bytes + 1024)));
-  int64_t parts = std::max<int64_t>(1, NumSMs() * per_sm / p->slices);
-  parts = std::min(parts, (n + 2047) / 2048);
-  p->part_ids = ((n + parts - 1) / parts + 31) / 32 * 32;
-  parts = (n + p->part_ids - 1) / p->part_ids;
-  if (parts * p->slices > INT_MAX) return false;
-  p->grid = static_cast<unsigned>(parts * p->slices);
-  return always || static_cast<double>(n) * l.out_width >=
-                       static_cast<double>(parts) * static_cast<double>(acc_floats);
-}
-
 cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
   if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
   *p = DensePlan();
@@ -1918,7 +1657,6 @@ cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
   p->cub = off; off += AlignUp(std::max<size_t>(p->cub_bytes, 1));
   p->acc = off; off += AlignUp(sizeof(float) * static_cast<size_t>(p->acc_floats));
   p->total = off + kAlign;
-  p->shared = MakeSharedPlan(l, n, p->acc_floats, &p->sh);
   return cudaSuccess;
 }
 
@@ -1938,7 +1676,8 @@ GradAlgorithm Resolve(const Layout& l, int64_t n, GradAlgorithm requested) {
   for (int j = 1; j < l.num_tables; ++j) min_rows = std::min(min_rows, l.rows[j]);
   const unsigned long long grad_floats =
       static_cast<unsigned long long>(n) * static_cast<unsigned long long>(l.out_width);
-  return min_rows >= kDenseMinRows && floats <= grad_floats ? GradAlgorithm::kDense
+  const bool pays = l.combine == Combine::kMul || n <= kDenseMaxIds;
+  return pays && min_rows >= kDenseMinRows && floats <= grad_floats ? GradAlgorithm::kDense
                                                             : GradAlgorithm::kSorted;
 }
 
@@ -1975,25 +1714,7 @@ void DenseFinishV(const Layout& l, const ShardPointers& sp,
                   cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
   float* acc = reinterpret_cast<float*>(const_cast<char*>(ws) + p.acc);
-  if (p.shared) {
-    const SharedPlan& sh = p.sh;
-    if (l.num_tables <= 2) {
-      cudaFuncSetAttribute(DenseSharedKernel<T, 2, 16>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(sh.shared_bytes));
-      TFMH_LAUNCH(sh.grid, kSharedBlock, sh.shared_bytes, s, DenseSharedKernel<T, 2, 16>)(
-          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, sh.log2_f, sh.slices,
-          sh.part_ids);
-    } else {
-      cudaFuncSetAttribute(DenseSharedKernel<T, kMaxTables, 2>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(sh.shared_bytes));
-      TFMH_LAUNCH(sh.grid, kSharedBlock, sh.shared_bytes, s,
-                  DenseSharedKernel<T, kMaxTables, 2>)(
-          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, sh.log2_f, sh.slices,
-          sh.part_ids);
-    }
-  } else if (p.n > 0) {
+  if (p.n > 0) {
     const int lg = GroupLog2(l.out_width / N);
     const unsigned grid = GridFor((p.n + 31) / 32, 5);  // a warp per 32 ids
     if (l.num_tables <= 2) {

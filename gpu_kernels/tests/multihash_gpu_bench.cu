@@ -3,20 +3,16 @@
 // Q-R layout, k = 2, float32, int64 ids, one shard per table. With tables of
 // 1000 x 1000 rows (capacity 1e6): uniform ids with B in {64Ki, 1Mi, 8Mi}
 // and D in {16, 64, 128}, and skewed ids (a quarter on one Q row) with
-// B in {1Mi, 8Mi}, D = 64; with tables of 10000 x 10000 rows (capacity 1e8,
-// too large for the shared-memory sums at 8+ columns): uniform ids, B in
-// {1Mi, 8Mi}, D = 64. For add/mul/concat (concat: widths D/2 + D/2) it
+// B in {1Mi, 8Mi}, D = 64; with tables of 10000 x 10000 rows (capacity
+// 1e8): uniform ids, B in {1Mi, 8Mi}, D = 64. For add/mul/concat (concat: widths D/2 + D/2) it
 // times, as the median of 20 reps with CUDA events:
 //   fwd   - LaunchLookup;
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
 //   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish,
-//           with the sorted algorithm and with the dense one, the latter
-//           with global atomics (TFMH_GPU_DENSE=global), with sums in
-//           shared memory (=shared) and with those slices capped at 8
-//           columns (TFMH_GPU_DENSE_COLS=8) ("prep": prepare + sync alone;
-//           "auto": what kAuto picks for that shape).
+//           once with the sorted and once with the dense algorithm ("prep":
+//           prepare + sync alone; "auto": what kAuto picks for that shape).
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -210,10 +206,9 @@ int main() {
               "GB/s = bytes / median time; %% copy = of the memcpy bandwidth above.\n\n");
   std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | "
               "naive fwd ms | speedup | "
-              "sorted bwd ms | sorted prep ms | sorted %% copy | dense global ms | "
-              "dense shared F<=8 ms | dense shared ms | dense prep ms | "
-              "dense shared GB/s | dense shared %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+              "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
+              "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -340,16 +335,9 @@ int main() {
           CUDA_OK(cudaFree(ws));
           return ms;
         };
-        double sorted_prep = 0, dense_prep = 0, unused = 0;
+        double sorted_prep = 0, dense_prep = 0;
         const double sorted_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &sorted_prep);
-        setenv("TFMH_GPU_DENSE", "global", 1);
-        const double global_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &unused);
-        setenv("TFMH_GPU_DENSE", "shared", 1);
         const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
-        setenv("TFMH_GPU_DENSE_COLS", "8", 1);
-        const double cols8_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &unused);
-        unsetenv("TFMH_GPU_DENSE_COLS");
-        unsetenv("TFMH_GPU_DENSE");
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
                                 tfmh::gpu::GradAlgorithm::kDense;
@@ -360,12 +348,12 @@ int main() {
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
         std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.4f | "
-                    "%.1f%% | %.4f | %.4f | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
+                    "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
                     set.skewed ? "skewed" : "uniform", static_cast<long long>(nrows),
                     static_cast<long long>(nrows), static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
                     naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
-                    100.0 * sorted_gbs / copy_gbs, global_ms, cols8_ms, dense_ms, dense_prep, dense_gbs,
+                    100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);
       }

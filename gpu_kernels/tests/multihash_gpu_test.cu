@@ -439,13 +439,9 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     const std::string err = backward(GradAlgorithm::kSorted, &first);
     if (!err.empty()) return "sorted backward: " + err;
   }
-  // Both kernels of the dense algorithm: global atomics, and sums in shared
-  // memory (the tables here are small enough for it).
-  for (const char* mode : {"global", "shared"}) {
-    setenv("TFMH_GPU_DENSE", mode, 1);
+  {
     const std::string err = backward(GradAlgorithm::kDense, nullptr);
-    unsetenv("TFMH_GPU_DENSE");
-    if (!err.empty()) return std::string("dense (") + mode + ") backward: " + err;
+    if (!err.empty()) return "dense backward: " + err;
   }
   // The sorted algorithm is deterministic: a second run, bit for bit.
   if (n >= 5000) {
@@ -643,15 +639,17 @@ int main(int argc, char** argv) {
   unsetenv("TFMH_GPU_FORCE_KEY64");
   // What kAuto resolves to, and an unknown algorithm.
   {
-    auto layout = [](int64_t r0, int64_t r1) {
+    auto layout = [](int64_t r0, int64_t r1, Combine op) {
       Layout l;
       const int64_t rows[] = {r0, r1};
       const int32_t widths[] = {64, 64};
       const int32_t spt[] = {1, 1};
-      tfmh::InitLayout(Strategy::kQR, Combine::kAdd, 2, rows, widths, spt, rows, &l);
+      tfmh::InitLayout(Strategy::kQR, op, 2, rows, widths, spt, rows, &l);
       return l;
     };
-    const Layout big = layout(1000, 1000), skewed = layout(50, 20000);
+    const Layout big = layout(1000, 1000, Combine::kAdd),
+                 big_mul = layout(1000, 1000, Combine::kMul),
+                 skewed = layout(50, 20000, Combine::kAdd);
     struct Want {
       const Layout* l;
       int64_t n;
@@ -659,7 +657,10 @@ int main(int argc, char** argv) {
       const char* name;
     };
     const Want wants[] = {
-        {&big, 1 << 20, GradAlgorithm::kAuto, GradAlgorithm::kDense, "1000x1000 n=2^20"},
+        {&big, 1 << 18, GradAlgorithm::kAuto, GradAlgorithm::kDense, "1000x1000 add n=2^18"},
+        {&big, (1 << 18) + 1, GradAlgorithm::kAuto, GradAlgorithm::kSorted,
+         "1000x1000 add n=2^18+1"},
+        {&big_mul, 1 << 23, GradAlgorithm::kAuto, GradAlgorithm::kDense, "1000x1000 mul n=2^23"},
         {&big, 1000, GradAlgorithm::kAuto, GradAlgorithm::kSorted, "1000x1000 n=1000"},
         {&big, 1 << 20, GradAlgorithm::kSorted, GradAlgorithm::kSorted, "asked sorted"},
         {&big, 10, GradAlgorithm::kDense, GradAlgorithm::kDense, "asked dense"},
