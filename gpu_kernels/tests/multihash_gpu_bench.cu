@@ -6,7 +6,8 @@
 // B in {1Mi, 8Mi}, D = 64; with tables of 10000 x 10000 rows (capacity
 // 1e8): uniform ids, B in {1Mi, 8Mi}, D = 64. For add/mul/concat (concat: widths D/2 + D/2) it
 // times, as the median of 20 reps with CUDA events:
-//   fwd   - LaunchLookup;
+//   fwd   - LaunchLookup, with the default batch of 4 ids per step of the
+//           k <= 2 kernel and with 2 and 8 (TFMH_GPU_FORWARD_BATCH);
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
@@ -204,11 +205,12 @@ int main() {
   std::printf("Byte model: fwd = B*8 (ids) + B*D*4 (out); bwd = B*8 (ids) + B*D*4 "
               "(grad, read once) + unique rows * (8 + width*4) (indices + values). "
               "GB/s = bytes / median time; %% copy = of the memcpy bandwidth above.\n\n");
-  std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | "
+  std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | fwd U=2 ms | "
+              "fwd U=8 ms | "
               "naive fwd ms | speedup | "
               "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
               "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -287,6 +289,12 @@ int main() {
           API_OK(tfmh::gpu::LaunchLookup(l, dt, it, sp, ids, B, out, d_first_bad, s));
         };
         const double fwd_ms = MedianMs(s, lookup);
+        setenv("TFMH_GPU_FORWARD_BATCH", "2", 1);
+        const double fwd2_ms = MedianMs(s, lookup);
+        setenv("TFMH_GPU_FORWARD_BATCH", "8", 1);
+        const double fwd8_ms = MedianMs(s, lookup);
+        unsetenv("TFMH_GPU_FORWARD_BATCH");
+        lookup();  // the default kernel's output, for the comparison below
         const int opi = static_cast<int>(op);
         const double naive_ms = MedianMs(s, [&] {
           NaiveQR<<<Grid(B), 256, 0, s>>>(ids, B, nrows, q, r);
@@ -347,12 +355,12 @@ int main() {
         const double fwd_gbs = fwd_bytes / (fwd_ms * 1e6);
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
-        std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.2fx | %.4f | %.4f | "
+        std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.4f | %.4f | %.2fx | %.4f | %.4f | "
                     "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
                     set.skewed ? "skewed" : "uniform", static_cast<long long>(nrows),
                     static_cast<long long>(nrows), static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
-                    naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
+                    fwd2_ms, fwd8_ms, naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
                     100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);

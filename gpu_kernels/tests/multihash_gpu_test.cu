@@ -219,7 +219,10 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   auto valid = [&](int64_t id) { return tfmh::IdInRange(l, id); };
 
   // ------------------------------------------------------------ forward
-  auto forward = [&]() -> std::string {
+  // The forward with each batch size of the k <= 2 kernel
+  // (TFMH_GPU_FORWARD_BATCH; for k = 3 all runs take the same kernel).
+  auto forward = [&](const char* batch) -> std::string {
+    setenv("TFMH_GPU_FORWARD_BATCH", batch, 1);
     const size_t out_elems = static_cast<size_t>(n) * W;
     DeviceBuf d_out((out_elems + kGuard) * es);
     DeviceBuf d_first_bad(sizeof(int64_t));
@@ -280,9 +283,10 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     return "";
   };
-  {
-    const std::string err = forward();
-    if (!err.empty()) return "forward: " + err;
+  for (const char* batch : {"4", "2", "8"}) {
+    const std::string err = forward(batch);
+    unsetenv("TFMH_GPU_FORWARD_BATCH");
+    if (!err.empty()) return std::string("forward (batch ") + batch + "): " + err;
   }
 
   // ------------------------------------------------------------ backward
