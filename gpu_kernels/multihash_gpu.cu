@@ -1340,7 +1340,7 @@ bool LayoutOk(const Layout& l) {
 }
 
 // Ids per batch (U) of the forward for k <= 2. 4, the default, keeps 8 row
-// loads in flight per lane at 116 registers (on sm_90: two 256-thread
+// loads in flight per lane at 114 registers (f32 on sm_90: two 256-thread
 // blocks per SM, 25% occupancy; ncu on an H200 found DRAM at 72% and L2 at
 // 81% of peak there, neither saturated). 2 needs 64 registers (four blocks
 // per SM) and 8 keeps twice the loads in flight. The environment variable
