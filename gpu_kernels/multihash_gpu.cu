@@ -820,15 +820,25 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// Chunk c owns run r (whose last item is in c and continues into c + 1):
-// does the run also hold the first item of chunk c + 1 + kLongRunChunks?
-// Such long runs (a frequent row) have too many partials for one group to
-// add one after another; GradLongFixupKernel adds them with a block.
+// The fix-up work of chunk c: 0 if c owns no run that crosses its end,
+// else that run r (a valid run whose last item in c continues into c + 1
+// and which starts in c). `long_run`: does r also hold the first item of
+// chunk c + 1 + kLongRunChunks? Such long runs (a frequent row) have too
+// many partials for one group to add one after another; GradFixupKernel
+// takes the others and GradLongFixupKernel, with a block each, the long ones.
 constexpr int64_t kLongRunChunks = 64;
-__device__ __forceinline__ bool LongRun(const GradArgs& a, int64_t c,
-                                        uint32_t r) {
+__device__ __forceinline__ uint32_t OwnedCrossingRun(const GradArgs& a,
+                                                     uint32_t valid_runs,
+                                                     int64_t c, bool* long_run) {
+  const int64_t base = c * a.chunk;
+  const int64_t end = min(base + a.chunk, a.m);
+  if (end >= a.m) return 0;
+  const uint32_t r = a.run_id[end - 1];
+  if (r > valid_runs || a.run_id[end] != r) return 0;
+  if (base > 0 && a.run_id[base - 1] == r) return 0;  // not the run's owner
   const int64_t probe = c + 1 + kLongRunChunks;
-  return probe < a.chunks && a.run_id[probe * a.chunk] == r;
+  *long_run = probe < a.chunks && a.run_id[probe * a.chunk] == r;
+  return r;
 }
 
 // One group per (chunk, tile) whose last run starts in the chunk and goes
@@ -852,13 +862,10 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t w = first; w < a.chunks * a.tiles; w += groups) {
     const int64_t c = w / a.tiles;
     const int t = static_cast<int>(w - c * a.tiles);
-    const int64_t base = c * a.chunk;
-    const int64_t end = min(base + a.chunk, a.m);
-    if (end >= a.m) continue;
-    const uint32_t r = run_id[end - 1];
-    if (r > valid_runs || run_id[end] != r) continue;
-    if (base > 0 && run_id[base - 1] == r) continue;  // not the run's owner
-    if (LongRun(a, c, r)) continue;  // GradLongFixupKernel's
+    bool long_run = false;
+    const uint32_t r = OwnedCrossingRun(a, valid_runs, c, &long_run);
+    if (r == 0 || long_run) continue;
+    const int64_t end = (c + 1) * a.chunk;  // < m: the run goes on
     const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
     const int j = rr.table;
     const int v = t * g.size + g.lane;
@@ -888,7 +895,8 @@ __global__ void __launch_bounds__(kBlock)
 // in order, and thread (0, vt) adds the owner's tail partial and the CL lane
 // sums in lane order. The order of the additions depends only on the run's
 // position, so results stay deterministic.
-// Shared memory: kBlock ints (the owners) + kBlock * N floats.
+// Shared memory: kBlock * N floats, kBlock ints (the owners), one int (their
+// count).
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
     GradLongFixupKernel(const __grid_constant__ Layout l,
@@ -896,38 +904,25 @@ __global__ void __launch_bounds__(kBlock)
                         const __grid_constant__ GradArgs a) {
   constexpr int N = Pack<T, V>::N;
   TFMH_DYNAMIC_SHARED(smem);
-  int* owners = reinterpret_cast<int*>(smem);
-  float* lane_sum = reinterpret_cast<float*>(smem + kBlock * sizeof(int));
+  float* lane_sum = reinterpret_cast<float*>(smem);
+  int* owners = reinterpret_cast<int*>(smem + kBlock * N * sizeof(float));
+  int* num_owners = owners + kBlock;
   const int tid = threadIdx.x;
   const int num_shards = l.shard_begin[l.num_tables];
   const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
   const uint32_t* __restrict__ run_id = a.run_id;
   for (int64_t batch = static_cast<int64_t>(blockIdx.x) * kBlock;
        batch < a.chunks; batch += static_cast<int64_t>(gridDim.x) * kBlock) {
+    if (tid == 0) *num_owners = 0;
+    __syncthreads();
     const int64_t c = batch + tid;
-    bool owner = false;
-    if (c < a.chunks) {
-      const int64_t base = c * a.chunk;
-      const int64_t end = min(base + a.chunk, a.m);
-      if (end < a.m) {
-        const uint32_t r = run_id[end - 1];
-        owner = r <= valid_runs && run_id[end] == r &&
-                !(base > 0 && run_id[base - 1] == r) && LongRun(a, c, r);
-      }
-    }
-    // Owners in ascending chunk order (a block-wide prefix count).
-    const unsigned below = __ballot_sync(0xffffffffu, owner);
-    if ((tid & 31) == 31) owners[tid / 32] = __popc(below);
-    __syncthreads();
-    int rank = __popc(below & ((1u << (tid & 31)) - 1u));
-    int total = 0;
-    for (int w = 0; w < kBlock / 32; ++w) {
-      if (w < tid / 32) rank += owners[w];
-      total += owners[w];
+    bool long_run = false;
+    if (c < a.chunks && OwnedCrossingRun(a, valid_runs, c, &long_run) != 0 &&
+        long_run) {
+      owners[atomicAdd(num_owners, 1)] = tid;  // any order: owners are independent
     }
     __syncthreads();
-    if (owner) owners[rank] = tid;
-    __syncthreads();
+    const int total = *num_owners;
     for (int o = 0; o < total; ++o) {
       const int64_t oc = batch + owners[o];
       const int64_t end = (oc + 1) * a.chunk;  // < m: the run goes on
@@ -1595,8 +1590,8 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
   const int64_t batches = (a.chunks + kBlock - 1) / kBlock;
   const unsigned grid_long = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(batches, NumSMs() * 4)));
-  TFMH_LAUNCH(grid_long, kBlock, kBlock * (sizeof(int) + N * sizeof(float)), s,
-              GradLongFixupKernel<T, V>)(l, so, a);
+  TFMH_LAUNCH(grid_long, kBlock, kBlock * (N * sizeof(float) + sizeof(int)) + sizeof(int),
+              s, GradLongFixupKernel<T, V>)(l, so, a);
 }
 
 template <typename T>
