@@ -29,6 +29,11 @@
 // chunks (a frequent row) is left to a second fix-up kernel, where a whole
 // block adds its partials in a fixed order (strided per thread, then the
 // thread sums in thread order). Everything is deterministic.
+// Sorted, ids merged first (float32 add and mul, when the ids must repeat;
+// see MergedPlan): the same two phases run twice, first on a one-table
+// layout whose rows are the ids (summing each distinct id's gradient rows,
+// one read of the gradient), then on the real tables with the distinct ids
+// and their sums as the input.
 //
 // Dense, phase 1: marks[key] = 1 for every (table, row) key in use, an
 // inclusive scan numbers the distinct rows, and each shard's count is a
@@ -596,6 +601,25 @@ __global__ void ShardBoundsKernel(const __grid_constant__ BoundTargets targets,
   }
   __syncthreads();
   if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
+}
+
+// Merged path (see MergedPlan), after stage 1's sort, whose keys are the
+// ids themselves: uid[run - 1] = the id of every run of in-range ids, so
+// uid lists the distinct ids in ascending order.
+template <typename Index>
+__global__ void __launch_bounds__(kBlock)
+    DistinctIdsKernel(const void* __restrict__ keys, int key64,
+                      const uint32_t* __restrict__ run_id, int64_t m,
+                      int64_t capacity, Index* __restrict__ uid) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+       i < m; i += stride) {
+    const unsigned long long key = KeyAt(keys, key64 != 0, i);
+    if (key >= static_cast<unsigned long long>(capacity)) continue;  // sentinel
+    if (i == 0 || run_id[i] != run_id[i - 1]) {
+      uid[run_id[i] - 1] = static_cast<Index>(key);
+    }
+  }
 }
 
 // Element e of table j's share of one id's gradient vector g: g times the
@@ -1556,9 +1580,24 @@ cudaError_t PrepareT(const Layout& l, const GradPlan& p, const void* ids,
   TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(ShardTargets(l, p.ko), p.num_shards, keys, p.m,
                                            run_id, bounds, counts);
   e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
+  if (e != cudaSuccess || h_counts == nullptr) return e;
   return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
                          cudaMemcpyDeviceToHost, s);
+}
+
+// PrepareT for either key width; the m == 0 case only writes zero counts.
+template <typename Index>
+cudaError_t PrepareAny(const Layout& l, const GradPlan& p, const void* ids,
+                       char* ws, int64_t* h_counts, cudaStream_t s) {
+  if (p.m == 0) {
+    int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
+    cudaError_t e = cudaMemsetAsync(counts, 0, sizeof(int64_t) * p.num_shards, s);
+    if (e != cudaSuccess || h_counts == nullptr) return e;
+    return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+                           cudaMemcpyDeviceToHost, s);
+  }
+  return p.key64 ? PrepareT<Index, unsigned long long>(l, p, ids, ws, h_counts, s)
+                 : PrepareT<Index, uint32_t>(l, p, ids, ws, h_counts, s);
 }
 
 template <typename T, int V>
@@ -1606,6 +1645,139 @@ void FinishT(int v, const Layout& l, const ShardPointers& sp,
       if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, prod, s);
       break;
   }
+}
+
+// ------------------------------------------------- sorted, ids merged first
+// The direct sorted path sums every table's rows from the gradient rows of
+// its items, so add reads the gradient once per table, and mul writes and
+// reads one product row per table and id. When ids repeat a lot, merging
+// equal ids first moves fewer bytes:
+//   stage 1 runs the same sorted machinery on a one-table layout whose rows
+//     are the ids themselves (row = id, width = out_width): it reads the
+//     gradient once and sums the rows of every distinct id into `usum`, in
+//     ascending position order; DistinctIdsKernel lists the distinct ids,
+//     ascending, in `uid`;
+//   stage 2 runs it on the real layout with uid as the ids and usum as the
+//     gradient (sum_i g_i * x(id) = (sum_i g_i) * x(id) for mul).
+// Both stages are stable sorts and fixed-order sums, so every run gives the
+// same bits (other bits than the direct path's: the additions are grouped
+// differently). Stage 2's sizes are needed before the ids are seen, so it
+// takes u = min(n, capacity) items; those past the distinct ids are -1,
+// out of range, never summed.
+// Gradient-sized rows moved (n ids, k tables):
+//   add:    direct k * n;          merged n + (k + 1) * u
+//   mul:    direct (2k + 1) * n;   merged n + (2k + 2) * u
+//   concat: direct n (each table reads only its columns): never merged.
+// float32 only: usum holds float sums, and stage 2 reads its gradient in
+// the table type.
+Layout IdsLayout(const Layout& l) {
+  Layout r;
+  r.num_tables = 1;
+  r.combine = Combine::kAdd;
+  r.out_width = l.out_width;
+  r.capacity = l.capacity;
+  r.rows[0] = l.capacity;
+  r.divisor[0] = 1;
+  r.width[0] = l.out_width;
+  r.col_offset[0] = 0;
+  r.shard_begin[0] = 0;
+  r.shard_begin[1] = 1;
+  r.shard_row[0] = 0;
+  return r;
+}
+
+// Whether kSorted merges equal ids first: when it moves fewer bytes (see
+// above). TFMH_GPU_SORTED_MERGE=0 or =1 forces never or always (float32,
+// n > 0), for the standalone test and the benchmark.
+bool MergeIds(const Layout& l, DType dt, int64_t n) {
+  if (dt != DType::kFloat32 || n <= 0 || !LayoutOk(l) || l.capacity <= 0) {
+    return false;
+  }
+  const char* force = std::getenv("TFMH_GPU_SORTED_MERGE");
+  if (force != nullptr && force[0] == '0') return false;
+  if (force != nullptr && force[0] == '1') return true;
+  const int64_t k = l.num_tables;
+  const int64_t u = std::min(n, l.capacity);
+  if (l.combine == Combine::kAdd) return (k + 1) * u < (k - 1) * n;
+  if (l.combine == Combine::kMul) return (2 * k + 2) * u < 2 * k * n;
+  return false;
+}
+
+struct MergedPlan {
+  Layout ids_layout;
+  GradPlan s1, s2;   // stage 1 (ids layout, n items), stage 2 (real, uniq)
+  int64_t uniq = 0;  // rows of uid and usum: min(n, capacity)
+  // Byte offsets from the 256-aligned workspace base; each stage's plan is
+  // relative to its own base.
+  size_t s1_base = 0, uid = 0, usum = 0, s2_base = 0;
+  size_t total = 0;  // including kAlign slack for an unaligned workspace
+};
+
+cudaError_t MakeMergedPlan(const Layout& l, IdType id_type, int64_t n,
+                           MergedPlan* p) {
+  if (!LayoutOk(l) || n <= 0 || l.capacity <= 0) return cudaErrorInvalidValue;
+  *p = MergedPlan();
+  p->ids_layout = IdsLayout(l);
+  p->uniq = std::min(n, l.capacity);
+  cudaError_t e = MakeGradPlan(p->ids_layout, id_type, n, &p->s1);
+  if (e != cudaSuccess) return e;
+  e = MakeGradPlan(l, id_type, p->uniq, &p->s2);
+  if (e != cudaSuccess) return e;
+  const size_t uniq = static_cast<size_t>(p->uniq);
+  const uint64_t w = static_cast<uint64_t>(l.out_width);
+  if (w > (static_cast<uint64_t>(SIZE_MAX) / 8) / sizeof(float) / uniq) {
+    return cudaErrorInvalidValue;  // the workspace size would overflow
+  }
+  const size_t isz = id_type == IdType::kInt64 ? 8 : 4;
+  size_t off = 0;
+  p->s1_base = off; off += AlignUp(p->s1.total);
+  p->uid = off; off += AlignUp(isz * uniq);
+  p->usum = off; off += AlignUp(sizeof(float) * uniq * static_cast<size_t>(w));
+  p->s2_base = off; off += AlignUp(p->s2.total);
+  p->total = off + kAlign;
+  return cudaSuccess;
+}
+
+template <typename Index>
+cudaError_t MergedPrepareT(const Layout& l, const MergedPlan& p,
+                           const void* ids, char* ws, int64_t* h_counts,
+                           cudaStream_t s) {
+  char* w1 = ws + p.s1_base;
+  cudaError_t e = PrepareAny<Index>(p.ids_layout, p.s1, ids, w1, nullptr, s);
+  if (e != cudaSuccess) return e;
+  Index* uid = reinterpret_cast<Index*>(ws + p.uid);
+  e = cudaMemsetAsync(uid, 0xff, sizeof(Index) * static_cast<size_t>(p.uniq), s);
+  if (e != cudaSuccess) return e;  // all bits set: -1, out of range
+  TFMH_LAUNCH(GridFor(p.s1.m, 0), kBlock, 0, s, DistinctIdsKernel<Index>)(
+      w1 + p.s1.keys, p.s1.key64 ? 1 : 0,
+      reinterpret_cast<const uint32_t*>(w1 + p.s1.run_id), p.s1.m, l.capacity,
+      uid);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  return PrepareAny<Index>(l, p.s2, uid, ws + p.s2_base, h_counts, s);
+}
+
+// Phase 2 arguments of a (stage's) plan whose workspace starts at ws.
+GradArgs ArgsOf(const GradPlan& p, char* ws, const void* ids, bool ids64,
+                const char* grad) {
+  GradArgs a = {};
+  a.ids = ids;
+  a.ids64 = ids64 ? 1 : 0;
+  a.grad = grad;
+  a.n = p.n;
+  a.m = p.m;
+  a.chunk = p.chunk;
+  a.chunks = p.chunks;
+  a.keys = ws + p.keys;
+  a.key64 = p.key64 ? 1 : 0;
+  a.pos = reinterpret_cast<const uint32_t*>(ws + p.pos);
+  a.run_id = reinterpret_cast<const uint32_t*>(ws + p.run_id);
+  a.bounds = reinterpret_cast<const int64_t*>(ws + p.bounds);
+  a.partials = reinterpret_cast<float*>(ws + p.partials);
+  a.wstride = p.wstride;
+  a.ko = p.ko;
+  a.prod = nullptr;  // FinishV sets it for mul
+  return a;
 }
 
 // ------------------------------------------------------------ dense plan
@@ -1825,14 +1997,19 @@ GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
   return Resolve(layout, n, requested);
 }
 
-size_t LookupGradWorkspaceBytes(const Layout& layout, IdType id_type,
-                                int64_t n, GradAlgorithm algorithm) {
+size_t LookupGradWorkspaceBytes(const Layout& layout, DType dtype,
+                                IdType id_type, int64_t n,
+                                GradAlgorithm algorithm) {
   if (!KnownAlgorithm(algorithm)) return 0;
   cudaError_t e;
   size_t total = 0;
   if (Resolve(layout, n, algorithm) == GradAlgorithm::kDense) {
     DensePlan p;
     e = MakeDensePlan(layout, n, &p);
+    total = p.total;
+  } else if (MergeIds(layout, dtype, n)) {
+    MergedPlan p;
+    e = MakeMergedPlan(layout, id_type, n, &p);
     total = p.total;
   } else {
     GradPlan p;
@@ -1851,7 +2028,6 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                                void* d_workspace, size_t workspace_bytes,
                                int64_t* h_shard_counts, void* stream,
                                GradAlgorithm algorithm) {
-  (void)dtype;
   if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const bool i32 = id_type == IdType::kInt32;
@@ -1869,6 +2045,19 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
     if (e != cudaSuccess) return e;
     return cudaGetLastError();
   }
+  if (MergeIds(layout, dtype, n)) {
+    MergedPlan p;
+    e = MakeMergedPlan(layout, id_type, n, &p);
+    if (e != cudaSuccess) return e;
+    if (d_workspace == nullptr || workspace_bytes < p.total) {
+      return cudaErrorInvalidValue;
+    }
+    char* ws = AlignedBase(d_workspace);
+    e = i32 ? MergedPrepareT<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
+            : MergedPrepareT<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
+    if (e != cudaSuccess) return e;
+    return cudaGetLastError();
+  }
   GradPlan p;
   e = MakeGradPlan(layout, id_type, n, &p);
   if (e != cudaSuccess) return e;
@@ -1876,21 +2065,8 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
     return cudaErrorInvalidValue;
   }
   char* ws = AlignedBase(d_workspace);
-  if (p.m == 0) {
-    int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
-    e = cudaMemsetAsync(counts, 0, sizeof(int64_t) * p.num_shards, s);
-    if (e != cudaSuccess) return e;
-    return cudaMemcpyAsync(h_shard_counts, counts,
-                           sizeof(int64_t) * p.num_shards,
-                           cudaMemcpyDeviceToHost, s);
-  }
-  if (p.key64) {
-    e = i32 ? PrepareT<int32_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s)
-            : PrepareT<int64_t, unsigned long long>(layout, p, d_ids, ws, h_shard_counts, s);
-  } else {
-    e = i32 ? PrepareT<int32_t, uint32_t>(layout, p, d_ids, ws, h_shard_counts, s)
-            : PrepareT<int64_t, uint32_t>(layout, p, d_ids, ws, h_shard_counts, s);
-  }
+  e = i32 ? PrepareAny<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
+          : PrepareAny<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
@@ -1908,13 +2084,16 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const bool dense = Resolve(layout, n, algorithm) == GradAlgorithm::kDense;
+  const bool merged = !dense && MergeIds(layout, dtype, n);
   GradPlan p;
   DensePlan dp;
-  cudaError_t e = dense ? MakeDensePlan(layout, n, &dp)
-                        : MakeGradPlan(layout, id_type, n, &p);
+  MergedPlan mp;
+  cudaError_t e = dense    ? MakeDensePlan(layout, n, &dp)
+                  : merged ? MakeMergedPlan(layout, id_type, n, &mp)
+                           : MakeGradPlan(layout, id_type, n, &p);
   if (e != cudaSuccess) return e;
-  if (d_workspace == nullptr ||
-      workspace_bytes < (dense ? dp.total : p.total)) {
+  const size_t need = dense ? dp.total : merged ? mp.total : p.total;
+  if (d_workspace == nullptr || workspace_bytes < need) {
     return cudaErrorInvalidValue;
   }
   if (n == 0) return cudaGetLastError();
@@ -1951,23 +2130,24 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
     return cudaGetLastError();
   }
 
-  GradArgs a = {};
-  a.ids = d_ids;
-  a.ids64 = ids64 ? 1 : 0;
-  a.grad = grad;
-  a.n = p.n;
-  a.m = p.m;
-  a.chunk = p.chunk;
-  a.chunks = p.chunks;
-  a.keys = ws + p.keys;
-  a.key64 = p.key64 ? 1 : 0;
-  a.pos = reinterpret_cast<const uint32_t*>(ws + p.pos);
-  a.run_id = reinterpret_cast<const uint32_t*>(ws + p.run_id);
-  a.bounds = reinterpret_cast<const int64_t*>(ws + p.bounds);
-  a.partials = reinterpret_cast<float*>(ws + p.partials);
-  a.wstride = p.wstride;
-  a.ko = p.ko;
-  a.prod = nullptr;  // FinishV sets it for mul
+  if (merged) {  // float32 (MergeIds)
+    // Stage 1: per distinct id, the sum of its gradient rows, into usum
+    // (its index output rewrites uid with the same ids).
+    char* w1 = ws + mp.s1_base;
+    ShardOutputs so1 = {};
+    so1.indices[0] = ws + mp.uid;
+    so1.values[0] = ws + mp.usum;
+    FinishT<float>(v, mp.ids_layout, shards, so1,
+                   ArgsOf(mp.s1, w1, d_ids, ids64, grad), nullptr, s);
+    // Stage 2: the real tables, from the distinct ids and their sums.
+    char* w2 = ws + mp.s2_base;
+    FinishT<float>(v, layout, shards, so,
+                   ArgsOf(mp.s2, w2, ws + mp.uid, ids64, ws + mp.usum),
+                   reinterpret_cast<float*>(w2 + mp.s2.prod), s);
+    return cudaGetLastError();
+  }
+
+  const GradArgs a = ArgsOf(p, ws, d_ids, ids64, grad);
   float* prod = reinterpret_cast<float*>(ws + p.prod);
   switch (dtype) {
     case DType::kFloat32:

@@ -152,7 +152,8 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
         OpDeterminismRequired() ? tfmh::gpu::GradAlgorithm::kSorted
                                 : tfmh::gpu::GradAlgorithm::kAuto;
     const size_t ws_bytes =
-        tfmh::gpu::LookupGradWorkspaceBytes(l, id_type, n, algorithm);
+        tfmh::gpu::LookupGradWorkspaceBytes(l, GpuDType<T>::value, id_type, n,
+                                            algorithm);
     if (ws_bytes == 0) {
       int64_t rows = 0;
       for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];

@@ -13,7 +13,10 @@
 //           gathers into temporaries, one elementwise combine;
 //   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish,
 //           once with the sorted and once with the dense algorithm ("prep":
-//           prepare + sync alone; "auto": what kAuto picks for that shape).
+//           prepare + sync alone; "auto": what kAuto picks for that shape);
+//           the sorted one also with equal ids always merged first
+//           ("merged", TFMH_GPU_SORTED_MERGE=1) and never ("unmerged", =0),
+//           where "sorted" lets the launcher pick by byte counts.
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -208,9 +211,10 @@ int main() {
   std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | fwd U=2 ms | "
               "fwd U=8 ms | "
               "naive fwd ms | speedup | "
-              "sorted bwd ms | sorted prep ms | sorted %% copy | dense bwd ms | dense prep ms | "
+              "sorted bwd ms | sorted prep ms | sorted %% copy | merged ms | unmerged ms | "
+              "dense bwd ms | dense prep ms | "
               "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -321,7 +325,7 @@ int main() {
         // Median ms of the whole backward (prepare + host sync + finish),
         // and of prepare + sync alone.
         auto time_bwd = [&](tfmh::gpu::GradAlgorithm algo, double* prep_ms) {
-          const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, it, B, algo);
+          const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, B, algo);
           if (ws_bytes == 0) {
             std::fprintf(stderr, "LookupGradWorkspaceBytes returned 0\n");
             std::exit(2);
@@ -343,8 +347,13 @@ int main() {
           CUDA_OK(cudaFree(ws));
           return ms;
         };
-        double sorted_prep = 0, dense_prep = 0;
+        double sorted_prep = 0, dense_prep = 0, unused_prep = 0;
         const double sorted_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &sorted_prep);
+        setenv("TFMH_GPU_SORTED_MERGE", "1", 1);
+        const double merged_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &unused_prep);
+        setenv("TFMH_GPU_SORTED_MERGE", "0", 1);
+        const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &unused_prep);
+        unsetenv("TFMH_GPU_SORTED_MERGE");
         const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
@@ -356,12 +365,12 @@ int main() {
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
         std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.4f | %.4f | %.2fx | %.4f | %.4f | "
-                    "%.1f%% | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
+                    "%.1f%% | %.4f | %.4f | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
                     set.skewed ? "skewed" : "uniform", static_cast<long long>(nrows),
                     static_cast<long long>(nrows), static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
                     fwd2_ms, fwd8_ms, naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
-                    100.0 * sorted_gbs / copy_gbs, dense_ms, dense_prep, dense_gbs,
+                    100.0 * sorted_gbs / copy_gbs, merged_ms, direct_ms, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);
       }

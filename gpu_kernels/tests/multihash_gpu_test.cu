@@ -333,7 +333,7 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   auto backward = [&](GradAlgorithm algo,
                       std::vector<std::vector<uint8_t>>* values) -> std::string {
     if (values != nullptr) values->assign(t.num_shards, {});
-    const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, it, n, algo);
+    const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, n, algo);
     if (ws_bytes == 0) return "LookupGradWorkspaceBytes returned 0";
     DeviceBuf d_ws(ws_bytes);
     CUDA_OK(cudaMemset(d_ws.p, 0xA5, ws_bytes));  // stale state must not matter
@@ -438,22 +438,33 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     return "";
   };
-  std::vector<std::vector<uint8_t>> first, second;
-  {
-    const std::string err = backward(GradAlgorithm::kSorted, &first);
-    if (!err.empty()) return "sorted backward: " + err;
-  }
-  {
-    const std::string err = backward(GradAlgorithm::kDense, nullptr);
-    if (!err.empty()) return "dense backward: " + err;
-  }
   // The sorted algorithm is deterministic: a second run, bit for bit.
-  if (n >= 5000) {
-    const std::string err = backward(GradAlgorithm::kSorted, &second);
-    if (!err.empty()) return std::string("sorted backward, second run: ") + err;
-    if (first != second) return "sorted backward: a second run gave other bits";
+  // `merge`: TFMH_GPU_SORTED_MERGE (null: the launcher decides whether
+  // equal ids are merged first).
+  auto sorted = [&](const char* merge, bool twice) -> std::string {
+    const std::string what = merge == nullptr ? "sorted backward"
+                             : merge[0] == '1' ? "sorted backward, ids merged"
+                                               : "sorted backward, ids not merged";
+    if (merge != nullptr) setenv("TFMH_GPU_SORTED_MERGE", merge, 1);
+    std::vector<std::vector<uint8_t>> first, second;
+    std::string err = backward(GradAlgorithm::kSorted, &first);
+    if (err.empty() && twice) {
+      err = backward(GradAlgorithm::kSorted, &second);
+      if (err.empty() && first != second) err = "a second run gave other bits";
+    }
+    unsetenv("TFMH_GPU_SORTED_MERGE");
+    return err.empty() ? "" : what + ": " + err;
+  };
+  std::string err = sorted(nullptr, n >= 5000);
+  if (!err.empty()) return err;
+  err = backward(GradAlgorithm::kDense, nullptr);
+  if (!err.empty()) return "dense backward: " + err;
+  // float32 kSorted either way, whatever the byte counts pick.
+  if (dt == DType::kFloat32) {
+    err = sorted("0", false);
+    if (err.empty()) err = sorted("1", n >= 5000);
   }
-  return "";
+  return err;
 }
 
 void Report(Counter* ctr, const std::string& name, const std::string& err) {
@@ -675,7 +686,7 @@ int main(int argc, char** argv) {
       Report(&ctr, std::string("algorithm choice ") + w.name,
              got == w.want ? "" : std::string("got ") + AlgoName(got) + ", want " + AlgoName(w.want));
     }
-    const size_t bytes = tfmh::gpu::LookupGradWorkspaceBytes(big, IdType::kInt64, 10,
+    const size_t bytes = tfmh::gpu::LookupGradWorkspaceBytes(big, DType::kFloat32, IdType::kInt64, 10,
                                                              static_cast<GradAlgorithm>(7));
     Report(&ctr, "unknown algorithm", bytes == 0 ? "" : "workspace bytes for algorithm 7");
   }
