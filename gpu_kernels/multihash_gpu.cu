@@ -29,8 +29,8 @@
 // chunks (a frequent row) is left to a second fix-up kernel, where a whole
 // block adds its partials in a fixed order (strided per thread, then the
 // thread sums in thread order). Everything is deterministic.
-// Sorted, ids merged first (float32 add and mul, when the ids must repeat;
-// see MergedPlan): the same two phases run twice, first on a one-table
+// Sorted, ids merged first (add and mul, when the ids must repeat; see
+// MergedPlan): the same two phases run twice, first on a one-table
 // layout whose rows are the ids (summing each distinct id's gradient rows,
 // one read of the gradient), then on the real tables with the distinct ids
 // and their sums as the input.
@@ -455,6 +455,7 @@ __global__ void InitFirstBadKernel(int64_t* first_bad) {
 struct ShardOutputs {
   void* indices[kMaxShards];
   void* values[kMaxShards];
+  int float_values;  // 1: the values are float sums whatever T is
 };
 
 struct KeyOffsets {
@@ -484,7 +485,11 @@ struct GradArgs {
   const int64_t* bounds;   // first run of every shard; [S] = valid runs
   float* partials;         // 2 slots of wstride floats per chunk
   int64_t wstride;
-  const float* prod;       // mul: P_j[i] at prod + (j * n + i) * out_width
+  // kProd: item i's float gradient for table j at prod + j * prod_stride +
+  // i * out_width + col_offset[j] (mul: P_j, prod_stride = n * out_width;
+  // the merged path's stage 2: the distinct ids' sums, prod_stride = 0).
+  const float* prod;
+  int64_t prod_stride;
   KeyOffsets ko;
 };
 
@@ -532,6 +537,14 @@ template <typename T, int V>
 __device__ __forceinline__ void WriteGradValues(
     const Layout& l, const ShardOutputs& so, const RunRef& rr,
     int64_t out_row, int v, const float (&acc)[Pack<T, V>::N]) {
+  if (so.float_values) {
+    StoreFloats<Pack<T, V>::N>(
+        static_cast<float*>(so.values[rr.shard]) +
+            out_row * static_cast<int64_t>(l.width[rr.table]) +
+            static_cast<int64_t>(v) * Pack<T, V>::N,
+        acc);
+    return;
+  }
   Pack<T, V> o;
 #pragma unroll
   for (int e = 0; e < Pack<T, V>::N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
@@ -626,10 +639,9 @@ __global__ void __launch_bounds__(kBlock)
 // other tables' elements for mul (x[t] holds table t's row vector), g
 // itself for add.
 template <typename T, int V, int KMAX>
-__device__ __forceinline__ float GradShare(Combine op, int k, int j,
-                                           const Pack<T, V>& g,
-                                           const Pack<T, V> (&x)[KMAX],
-                                           int e) {
+__device__ __forceinline__ float GradShareF(Combine op, int k, int j, float g,
+                                            const Pack<T, V> (&x)[KMAX],
+                                            int e) {
   const float f = CombinePartial<float>(op, k, j, [&](int t) {
     float xv = 0.f;
 #pragma unroll
@@ -638,7 +650,14 @@ __device__ __forceinline__ float GradShare(Combine op, int k, int j,
     }
     return xv;
   });
-  return Elem<T>::ToF(g.e[e]) * f;
+  return g * f;
+}
+template <typename T, int V, int KMAX>
+__device__ __forceinline__ float GradShare(Combine op, int k, int j,
+                                           const Pack<T, V>& g,
+                                           const Pack<T, V> (&x)[KMAX],
+                                           int e) {
+  return GradShareF<T, V, KMAX>(op, k, j, Elem<T>::ToF(g.e[e]), x, e);
 }
 
 // Mul, before the sum: for every in-range position i (original order) and
@@ -649,7 +668,8 @@ __device__ __forceinline__ float GradShare(Combine op, int k, int j,
 // and computes its k row addresses; one group of G lanes per id takes them
 // by shuffle and moves V-byte vectors; U ids per batch keep the gradient and
 // row loads of U ids in flight. KMAX: an upper bound of num_tables.
-template <typename T, int V, int KMAX, int U>
+// kFloatGrad: the gradient rows are floats (the merged path's sums), not T.
+template <typename T, int V, int KMAX, int U, bool kFloatGrad = false>
 __global__ void __launch_bounds__(kBlock)
     MulPartialKernel(const __grid_constant__ Layout l,
                      const __grid_constant__ ShardPointers sp,
@@ -685,12 +705,20 @@ __global__ void __launch_bounds__(kBlock)
       const auto& good = batch.good;
       for (int v = glane; v < nv; v += G) {
         const int64_t off = static_cast<int64_t>(v) * V;
-        P gv[U];
+        float gv[U][N];
         P x[U][KMAX];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           if (good[u]) {
-            gv[u] = LoadPack<T, V>(grad + (base + q[u]) * row_bytes + off);
+            if constexpr (kFloatGrad) {
+              LoadFloats<N>(reinterpret_cast<const float*>(grad) +
+                                (base + q[u]) * W + static_cast<int64_t>(v) * N,
+                            gv[u]);
+            } else {
+              const P g = LoadPack<T, V>(grad + (base + q[u]) * row_bytes + off);
+#pragma unroll
+              for (int e = 0; e < N; ++e) gv[u][e] = Elem<T>::ToF(g.e[e]);
+            }
 #pragma unroll
             for (int j = 0; j < KMAX; ++j) {
               if (j < k) {
@@ -710,7 +738,7 @@ __global__ void __launch_bounds__(kBlock)
               float o[N];
 #pragma unroll
               for (int e = 0; e < N; ++e) {
-                o[e] = good[u] ? GradShare<T, V, KMAX>(op, k, j, gv[u], x[u], e)
+                o[e] = good[u] ? GradShareF<T, V, KMAX>(op, k, j, gv[u][e], x[u], e)
                                : 0.f;
               }
               StoreFloats<N>(dst + j * table_stride, o);
@@ -764,8 +792,8 @@ __global__ void __launch_bounds__(kBlock)
           static_cast<int64_t>(v) * V;
       // P_j of position p, this lane's N columns.
       const float* prod_j =
-          kProd ? a.prod + static_cast<int64_t>(j) * a.n * prod_w +
-                      static_cast<int64_t>(v) * N
+          kProd ? a.prod + static_cast<int64_t>(j) * a.prod_stride +
+                      l.col_offset[j] + static_cast<int64_t>(v) * N
                 : nullptr;
       float acc[N];
 #pragma unroll
@@ -1600,9 +1628,11 @@ cudaError_t PrepareAny(const Layout& l, const GradPlan& p, const void* ids,
                  : PrepareT<Index, uint32_t>(l, p, ids, ws, h_counts, s);
 }
 
+// float_grad: a.grad holds float rows of out_width (the merged path's
+// stage 2), read through the kProd path whatever T is.
 template <typename T, int V>
 void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
-             GradArgs a, float* prod, cudaStream_t s) {
+             GradArgs a, float* prod, bool float_grad, cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
   int wmax = 0;
   for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
@@ -1610,20 +1640,37 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
   const int lg = GroupLog2(nv);
   a.tiles = (nv + (1 << lg) - 1) >> lg;
   const unsigned grid = GridFor(a.chunks * a.tiles, lg);
-  if (l.combine != Combine::kMul) {
-    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, false>)(l, so, a, lg);
-  } else {
+  if (l.combine == Combine::kMul) {
     const int lgp = GroupLog2(l.out_width / N);
     const unsigned grid_p = GridFor((a.n + 31) / 32, 5);  // a warp per 32 ids
+    // For float tables the float-gradient kernel is the same kernel.
+    constexpr bool kHalf = sizeof(T) == 2;
     if (l.num_tables <= 2) {
-      TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4>)(
-          l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      if (kHalf && float_grad) {
+        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4, kHalf>)(
+            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      } else {
+        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4>)(
+            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      }
     } else {
-      TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1>)(
-          l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      if (kHalf && float_grad) {
+        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1, kHalf>)(
+            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      } else {
+        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1>)(
+            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
+      }
     }
     a.prod = prod;
+    a.prod_stride = a.n * l.out_width;
     TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
+  } else if (float_grad) {
+    a.prod = reinterpret_cast<const float*>(a.grad);
+    a.prod_stride = 0;
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
+  } else {
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, false>)(l, so, a, lg);
   }
   TFMH_LAUNCH(grid, kBlock, 0, s, GradFixupKernel<T, V>)(l, so, a, lg);
   const int64_t batches = (a.chunks + kBlock - 1) / kBlock;
@@ -1636,13 +1683,30 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
 template <typename T>
 void FinishT(int v, const Layout& l, const ShardPointers& sp,
              const ShardOutputs& so, const GradArgs& a, float* prod,
-             cudaStream_t s) {
+             bool float_grad, cudaStream_t s) {
   switch (v) {
-    case 16: FinishV<T, 16>(l, sp, so, a, prod, s); break;
-    case 8: FinishV<T, 8>(l, sp, so, a, prod, s); break;
-    case 4: FinishV<T, 4>(l, sp, so, a, prod, s); break;
+    case 16: FinishV<T, 16>(l, sp, so, a, prod, float_grad, s); break;
+    case 8: FinishV<T, 8>(l, sp, so, a, prod, float_grad, s); break;
+    case 4: FinishV<T, 4>(l, sp, so, a, prod, float_grad, s); break;
     default:
-      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, prod, s);
+      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, prod, float_grad, s);
+      break;
+  }
+}
+
+// FinishT for the dtype.
+void FinishAny(DType dtype, int v, const Layout& l, const ShardPointers& sp,
+               const ShardOutputs& so, const GradArgs& a, float* prod,
+               bool float_grad, cudaStream_t s) {
+  switch (dtype) {
+    case DType::kFloat32:
+      FinishT<float>(v, l, sp, so, a, prod, float_grad, s);
+      break;
+    case DType::kFloat16:
+      FinishT<__half>(v, l, sp, so, a, prod, float_grad, s);
+      break;
+    default:
+      FinishT<__nv_bfloat16>(v, l, sp, so, a, prod, float_grad, s);
       break;
   }
 }
@@ -1661,15 +1725,16 @@ void FinishT(int v, const Layout& l, const ShardPointers& sp,
 //     gradient (sum_i g_i * x(id) = (sum_i g_i) * x(id) for mul).
 // Both stages are stable sorts and fixed-order sums, so every run gives the
 // same bits (other bits than the direct path's: the additions are grouped
-// differently). Stage 2's sizes are needed before the ids are seen, so it
+// differently). usum holds float sums whatever the table type (stage 1
+// writes float values, stage 2 reads its gradient as float through the
+// kProd path). Stage 2's sizes are needed before the ids are seen, so it
 // takes u = min(n, capacity) items; those past the distinct ids are -1,
 // out of range, never summed.
-// Gradient-sized rows moved (n ids, k tables):
-//   add:    direct k * n;          merged n + (k + 1) * u
-//   mul:    direct (2k + 1) * n;   merged n + (2k + 2) * u
-//   concat: direct n (each table reads only its columns): never merged.
-// float32 only: usum holds float sums, and stage 2 reads its gradient in
-// the table type.
+// Bytes moved (n ids, k tables, gradient rows of G bytes, float rows of F):
+//   add:    direct k * n * G;       merged n * G + (k + 1) * u * F
+//   mul:    direct n * G + 2k * n * F (the products, written and read);
+//           merged n * G + (2k + 2) * u * F
+//   concat: direct n * G (each table reads only its columns): not merged.
 Layout IdsLayout(const Layout& l) {
   Layout r;
   r.num_tables = 1;
@@ -1687,19 +1752,18 @@ Layout IdsLayout(const Layout& l) {
 }
 
 // Whether kSorted merges equal ids first: when it moves fewer bytes (see
-// above). TFMH_GPU_SORTED_MERGE=0 or =1 forces never or always (float32,
-// n > 0), for the standalone test and the benchmark.
+// above). TFMH_GPU_SORTED_MERGE=0 or =1 forces never or always (n > 0,
+// any op), for the standalone test and the benchmark.
 bool MergeIds(const Layout& l, DType dt, int64_t n) {
-  if (dt != DType::kFloat32 || n <= 0 || !LayoutOk(l) || l.capacity <= 0) {
-    return false;
-  }
+  if (n <= 0 || !LayoutOk(l) || l.capacity <= 0) return false;
   const char* force = std::getenv("TFMH_GPU_SORTED_MERGE");
   if (force != nullptr && force[0] == '0') return false;
   if (force != nullptr && force[0] == '1') return true;
   const int64_t k = l.num_tables;
   const int64_t u = std::min(n, l.capacity);
-  if (l.combine == Combine::kAdd) return (k + 1) * u < (k - 1) * n;
-  if (l.combine == Combine::kMul) return (2 * k + 2) * u < 2 * k * n;
+  const int64_t esz = static_cast<int64_t>(ElemSize(dt));
+  if (l.combine == Combine::kAdd) return (k + 1) * u * 4 < (k - 1) * n * esz;
+  if (l.combine == Combine::kMul) return (k + 1) * u < k * n;
   return false;
 }
 
@@ -1776,7 +1840,8 @@ GradArgs ArgsOf(const GradPlan& p, char* ws, const void* ids, bool ids64,
   a.partials = reinterpret_cast<float*>(ws + p.partials);
   a.wstride = p.wstride;
   a.ko = p.ko;
-  a.prod = nullptr;  // FinishV sets it for mul
+  a.prod = nullptr;  // FinishV sets it (mul, or a float gradient)
+  a.prod_stride = 0;
   return a;
 }
 
@@ -2130,36 +2195,26 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
     return cudaGetLastError();
   }
 
-  if (merged) {  // float32 (MergeIds)
-    // Stage 1: per distinct id, the sum of its gradient rows, into usum
-    // (its index output rewrites uid with the same ids).
+  if (merged) {
+    // Stage 1: per distinct id, the float sum of its gradient rows, into
+    // usum (its index output rewrites uid with the same ids).
     char* w1 = ws + mp.s1_base;
     ShardOutputs so1 = {};
     so1.indices[0] = ws + mp.uid;
     so1.values[0] = ws + mp.usum;
-    FinishT<float>(v, mp.ids_layout, shards, so1,
-                   ArgsOf(mp.s1, w1, d_ids, ids64, grad), nullptr, s);
+    so1.float_values = 1;
+    FinishAny(dtype, v, mp.ids_layout, shards, so1,
+              ArgsOf(mp.s1, w1, d_ids, ids64, grad), nullptr, false, s);
     // Stage 2: the real tables, from the distinct ids and their sums.
     char* w2 = ws + mp.s2_base;
-    FinishT<float>(v, layout, shards, so,
-                   ArgsOf(mp.s2, w2, ws + mp.uid, ids64, ws + mp.usum),
-                   reinterpret_cast<float*>(w2 + mp.s2.prod), s);
+    FinishAny(dtype, v, layout, shards, so,
+              ArgsOf(mp.s2, w2, ws + mp.uid, ids64, ws + mp.usum),
+              reinterpret_cast<float*>(w2 + mp.s2.prod), true, s);
     return cudaGetLastError();
   }
 
-  const GradArgs a = ArgsOf(p, ws, d_ids, ids64, grad);
-  float* prod = reinterpret_cast<float*>(ws + p.prod);
-  switch (dtype) {
-    case DType::kFloat32:
-      FinishT<float>(v, layout, shards, so, a, prod, s);
-      break;
-    case DType::kFloat16:
-      FinishT<__half>(v, layout, shards, so, a, prod, s);
-      break;
-    default:
-      FinishT<__nv_bfloat16>(v, layout, shards, so, a, prod, s);
-      break;
-  }
+  FinishAny(dtype, v, layout, shards, so, ArgsOf(p, ws, d_ids, ids64, grad),
+            reinterpret_cast<float*>(ws + p.prod), false, s);
   return cudaGetLastError();
 }
 

@@ -61,10 +61,10 @@ enum class GradAlgorithm : int32_t {
   kAuto = 0,
   // Deterministic: one radix sort of (table, row) keys, then segment sums
   // in ascending id position; every run gives the same bits. At most
-  // 2^32 - 1 ids and num_tables * ids <= 2^31 - 1. For float32 add and mul
-  // tables, when the ids must repeat (n well above the capacity), equal ids
-  // are first merged by the same sort-and-sum on the ids, which reads the
-  // gradient once; still deterministic.
+  // 2^32 - 1 ids and num_tables * ids <= 2^31 - 1. For add and mul, when
+  // the ids must repeat (n well above the capacity), equal ids are first
+  // merged by the same sort-and-sum on the ids, which reads the gradient
+  // once; still deterministic.
   kSorted = 1,
   // One pass over the gradient: float atomic adds into a dense float
   // accumulator of every table (sum of rows[j] * width[j] floats), then the
@@ -78,9 +78,8 @@ enum class GradAlgorithm : int32_t {
 GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
                                   GradAlgorithm requested);
 
-// 0 if the layout or n is not supported by the algorithm. The workspace
-// holds float32 sums, so its size depends on dtype only through the
-// algorithm's choices.
+// 0 if the layout or n is not supported by the algorithm. The dtype enters
+// through the choice of the sorted path's variant (its byte counts).
 size_t LookupGradWorkspaceBytes(const Layout& layout, DType dtype,
                                 IdType id_type, int64_t n,
                                 GradAlgorithm algorithm = GradAlgorithm::kAuto);

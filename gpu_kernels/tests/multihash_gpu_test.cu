@@ -459,11 +459,9 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   if (!err.empty()) return err;
   err = backward(GradAlgorithm::kDense, nullptr);
   if (!err.empty()) return "dense backward: " + err;
-  // float32 kSorted either way, whatever the byte counts pick.
-  if (dt == DType::kFloat32) {
-    err = sorted("0", false);
-    if (err.empty()) err = sorted("1", n >= 5000);
-  }
+  // kSorted either way, whatever the byte counts pick.
+  err = sorted("0", false);
+  if (err.empty()) err = sorted("1", n >= 5000);
   return err;
 }
 
