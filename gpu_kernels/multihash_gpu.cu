@@ -2062,30 +2062,50 @@ GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
   return Resolve(layout, n, requested);
 }
 
+namespace {
+
+// The backward's path for these arguments and its workspace plan: the same
+// in all three launchers, since each decides from the same inputs.
+struct BackwardPlan {
+  enum Path { kDirect, kMerged, kDense } path = kDirect;
+  GradPlan direct;
+  MergedPlan merged;
+  DensePlan dense;
+  size_t total = 0;
+};
+
+cudaError_t MakeBackwardPlan(const Layout& l, DType dtype, IdType id_type,
+                             int64_t n, GradAlgorithm algorithm,
+                             BackwardPlan* b) {
+  if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
+  cudaError_t e;
+  if (Resolve(l, n, algorithm) == GradAlgorithm::kDense) {
+    b->path = BackwardPlan::kDense;
+    e = MakeDensePlan(l, n, &b->dense);
+    b->total = b->dense.total;
+  } else if (MergeIds(l, dtype, n)) {
+    b->path = BackwardPlan::kMerged;
+    e = MakeMergedPlan(l, id_type, n, &b->merged);
+    b->total = b->merged.total;
+  } else {
+    b->path = BackwardPlan::kDirect;
+    e = MakeGradPlan(l, id_type, n, &b->direct);
+    b->total = b->direct.total;
+  }
+  return e;
+}
+
+}  // namespace
+
 size_t LookupGradWorkspaceBytes(const Layout& layout, DType dtype,
                                 IdType id_type, int64_t n,
                                 GradAlgorithm algorithm) {
-  if (!KnownAlgorithm(algorithm)) return 0;
-  cudaError_t e;
-  size_t total = 0;
-  if (Resolve(layout, n, algorithm) == GradAlgorithm::kDense) {
-    DensePlan p;
-    e = MakeDensePlan(layout, n, &p);
-    total = p.total;
-  } else if (MergeIds(layout, dtype, n)) {
-    MergedPlan p;
-    e = MakeMergedPlan(layout, id_type, n, &p);
-    total = p.total;
-  } else {
-    GradPlan p;
-    e = MakeGradPlan(layout, id_type, n, &p);
-    total = p.total;
-  }
-  if (e != cudaSuccess) {
+  BackwardPlan b;
+  if (MakeBackwardPlan(layout, dtype, id_type, n, algorithm, &b) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
-  return total;
+  return b.total;
 }
 
 Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
@@ -2093,45 +2113,29 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                                void* d_workspace, size_t workspace_bytes,
                                int64_t* h_shard_counts, void* stream,
                                GradAlgorithm algorithm) {
-  if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool i32 = id_type == IdType::kInt32;
-  cudaError_t e;
-  if (Resolve(layout, n, algorithm) == GradAlgorithm::kDense) {
-    DensePlan p;
-    e = MakeDensePlan(layout, n, &p);
-    if (e != cudaSuccess) return e;
-    if (d_workspace == nullptr || workspace_bytes < p.total) {
-      return cudaErrorInvalidValue;
-    }
-    char* ws = AlignedBase(d_workspace);
-    e = i32 ? DensePrepareT<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
-            : DensePrepareT<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
-    if (e != cudaSuccess) return e;
-    return cudaGetLastError();
-  }
-  if (MergeIds(layout, dtype, n)) {
-    MergedPlan p;
-    e = MakeMergedPlan(layout, id_type, n, &p);
-    if (e != cudaSuccess) return e;
-    if (d_workspace == nullptr || workspace_bytes < p.total) {
-      return cudaErrorInvalidValue;
-    }
-    char* ws = AlignedBase(d_workspace);
-    e = i32 ? MergedPrepareT<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
-            : MergedPrepareT<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
-    if (e != cudaSuccess) return e;
-    return cudaGetLastError();
-  }
-  GradPlan p;
-  e = MakeGradPlan(layout, id_type, n, &p);
+  BackwardPlan b;
+  cudaError_t e = MakeBackwardPlan(layout, dtype, id_type, n, algorithm, &b);
   if (e != cudaSuccess) return e;
-  if (d_workspace == nullptr || workspace_bytes < p.total) {
+  if (d_workspace == nullptr || workspace_bytes < b.total) {
     return cudaErrorInvalidValue;
   }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
   char* ws = AlignedBase(d_workspace);
-  e = i32 ? PrepareAny<int32_t>(layout, p, d_ids, ws, h_shard_counts, s)
-          : PrepareAny<int64_t>(layout, p, d_ids, ws, h_shard_counts, s);
+  const bool i32 = id_type == IdType::kInt32;
+  switch (b.path) {
+    case BackwardPlan::kDense:
+      e = i32 ? DensePrepareT<int32_t>(layout, b.dense, d_ids, ws, h_shard_counts, s)
+              : DensePrepareT<int64_t>(layout, b.dense, d_ids, ws, h_shard_counts, s);
+      break;
+    case BackwardPlan::kMerged:
+      e = i32 ? MergedPrepareT<int32_t>(layout, b.merged, d_ids, ws, h_shard_counts, s)
+              : MergedPrepareT<int64_t>(layout, b.merged, d_ids, ws, h_shard_counts, s);
+      break;
+    default:
+      e = i32 ? PrepareAny<int32_t>(layout, b.direct, d_ids, ws, h_shard_counts, s)
+              : PrepareAny<int64_t>(layout, b.direct, d_ids, ws, h_shard_counts, s);
+      break;
+  }
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
@@ -2142,26 +2146,21 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               void* d_workspace, size_t workspace_bytes,
                               void* const* d_indices, void* const* d_values,
                               void* stream, GradAlgorithm algorithm) {
-  if (!KnownAlgorithm(algorithm)) return cudaErrorInvalidValue;
   if (dtype != DType::kFloat32 && dtype != DType::kFloat16 &&
       dtype != DType::kBFloat16) {
     return cudaErrorInvalidValue;
   }
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool dense = Resolve(layout, n, algorithm) == GradAlgorithm::kDense;
-  const bool merged = !dense && MergeIds(layout, dtype, n);
-  GradPlan p;
-  DensePlan dp;
-  MergedPlan mp;
-  cudaError_t e = dense    ? MakeDensePlan(layout, n, &dp)
-                  : merged ? MakeMergedPlan(layout, id_type, n, &mp)
-                           : MakeGradPlan(layout, id_type, n, &p);
+  BackwardPlan b;
+  cudaError_t e = MakeBackwardPlan(layout, dtype, id_type, n, algorithm, &b);
   if (e != cudaSuccess) return e;
-  const size_t need = dense ? dp.total : merged ? mp.total : p.total;
-  if (d_workspace == nullptr || workspace_bytes < need) {
+  if (d_workspace == nullptr || workspace_bytes < b.total) {
     return cudaErrorInvalidValue;
   }
   if (n == 0) return cudaGetLastError();
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const GradPlan& p = b.direct;
+  const DensePlan& dp = b.dense;
+  const MergedPlan& mp = b.merged;
   char* ws = AlignedBase(d_workspace);
   const int num_shards = layout.shard_begin[layout.num_tables];
   ShardOutputs so = {};
@@ -2178,7 +2177,7 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
   const bool ids64 = id_type == IdType::kInt64;
   const char* grad = static_cast<const char*>(d_grad);
 
-  if (dense) {
+  if (b.path == BackwardPlan::kDense) {
     e = cudaMemsetAsync(ws + dp.acc, 0, sizeof(float) * dp.acc_floats, s);
     if (e != cudaSuccess) return e;
     switch (dtype) {
@@ -2195,7 +2194,7 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
     return cudaGetLastError();
   }
 
-  if (merged) {
+  if (b.path == BackwardPlan::kMerged) {
     // Stage 1: per distinct id, the float sum of its gradient rows, into
     // usum (its index output rewrites uid with the same ids).
     char* w1 = ws + mp.s1_base;
