@@ -1751,20 +1751,31 @@ Layout IdsLayout(const Layout& l) {
   return r;
 }
 
-// Whether kSorted merges equal ids first: when it moves fewer bytes (see
-// above). TFMH_GPU_SORTED_MERGE=0 or =1 forces never or always (n > 0,
+// Whether kSorted merges equal ids first: when it moves at most 3/4 of the
+// direct path's bytes (see above; the margin covers its extra sort and
+// launches). TFMH_GPU_SORTED_MERGE=0 or =1 forces never or always (n > 0,
 // any op), for the standalone test and the benchmark.
 bool MergeIds(const Layout& l, DType dt, int64_t n) {
   if (n <= 0 || !LayoutOk(l) || l.capacity <= 0) return false;
   const char* force = std::getenv("TFMH_GPU_SORTED_MERGE");
   if (force != nullptr && force[0] == '0') return false;
   if (force != nullptr && force[0] == '1') return true;
+  // Bytes per output column (the rows' widths cancel out).
   const int64_t k = l.num_tables;
   const int64_t u = std::min(n, l.capacity);
-  const int64_t esz = static_cast<int64_t>(ElemSize(dt));
-  if (l.combine == Combine::kAdd) return (k + 1) * u * 4 < (k - 1) * n * esz;
-  if (l.combine == Combine::kMul) return (k + 1) * u < k * n;
-  return false;
+  const int64_t g = static_cast<int64_t>(ElemSize(dt));  // gradient element
+  const int64_t f = static_cast<int64_t>(sizeof(float));
+  int64_t direct = 0, merged = 0;
+  if (l.combine == Combine::kAdd) {
+    direct = k * n * g;
+    merged = n * g + (k + 1) * u * f;
+  } else if (l.combine == Combine::kMul) {
+    direct = n * g + 2 * k * n * f;
+    merged = n * g + (2 * k + 2) * u * f;
+  } else {
+    return false;
+  }
+  return 4 * merged <= 3 * direct;
 }
 
 struct MergedPlan {
@@ -2060,6 +2071,10 @@ bool KnownAlgorithm(GradAlgorithm a) {
 GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
                                   GradAlgorithm requested) {
   return Resolve(layout, n, requested);
+}
+
+bool SortedMergesIds(const Layout& layout, DType dtype, int64_t n) {
+  return MergeIds(layout, dtype, n);
 }
 
 namespace {

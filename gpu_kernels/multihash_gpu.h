@@ -78,6 +78,12 @@ enum class GradAlgorithm : int32_t {
 GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
                                   GradAlgorithm requested);
 
+// Whether kSorted merges equal ids first for this layout, table type and
+// id count (it does where that moves at most 3/4 of the bytes; the
+// environment variable TFMH_GPU_SORTED_MERGE=0 or =1 forces never or
+// always).
+bool SortedMergesIds(const Layout& layout, DType dtype, int64_t n);
+
 // 0 if the layout or n is not supported by the algorithm. The dtype enters
 // through the choice of the sorted path's variant (its byte counts).
 size_t LookupGradWorkspaceBytes(const Layout& layout, DType dtype,

@@ -16,7 +16,8 @@
 //           prepare + sync alone; "auto": what kAuto picks for that shape);
 //           the sorted one also with equal ids always merged first
 //           ("merged", TFMH_GPU_SORTED_MERGE=1) and never ("unmerged", =0),
-//           where "sorted" lets the launcher pick by byte counts.
+//           where "sorted" lets the launcher pick by byte counts ("sorted
+//           path": which one it picks).
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -211,10 +212,11 @@ int main() {
   std::printf("| op | ids | tables | B | D | fwd ms | fwd GB/s | fwd %% copy | fwd U=2 ms | "
               "fwd U=8 ms | "
               "naive fwd ms | speedup | "
-              "sorted bwd ms | sorted prep ms | sorted %% copy | merged ms | unmerged ms | "
+              "sorted bwd ms | sorted prep ms | sorted %% copy | sorted path | merged ms | "
+              "unmerged ms | "
               "dense bwd ms | dense prep ms | "
               "dense GB/s | dense %% copy | auto | max abs(fwd-naive) |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
 
   int64_t* h_counts = nullptr;
   CUDA_OK(cudaMallocHost(&h_counts, sizeof(int64_t) * tfmh::kMaxShards));
@@ -354,6 +356,7 @@ int main() {
         setenv("TFMH_GPU_SORTED_MERGE", "0", 1);
         const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &unused_prep);
         unsetenv("TFMH_GPU_SORTED_MERGE");
+        const bool merges = tfmh::gpu::SortedMergesIds(l, dt, B);
         const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
@@ -365,12 +368,13 @@ int main() {
         const double sorted_gbs = bwd_bytes / (sorted_ms * 1e6);
         const double dense_gbs = bwd_bytes / (dense_ms * 1e6);
         std::printf("| %s | %s | %lldx%lld | %lld | %d | %.4f | %.1f | %.1f%% | %.4f | %.4f | %.4f | %.2fx | %.4f | %.4f | "
-                    "%.1f%% | %.4f | %.4f | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
+                    "%.1f%% | %s | %.4f | %.4f | %.4f | %.4f | %.1f | %.1f%% | %s | %.3g |\n",
                     concat ? "concat" : (op == tfmh::Combine::kAdd ? "add" : "mul"),
                     set.skewed ? "skewed" : "uniform", static_cast<long long>(nrows),
                     static_cast<long long>(nrows), static_cast<long long>(B), D, fwd_ms, fwd_gbs, 100.0 * fwd_gbs / copy_gbs,
                     fwd2_ms, fwd8_ms, naive_ms, naive_ms / fwd_ms, sorted_ms, sorted_prep,
-                    100.0 * sorted_gbs / copy_gbs, merged_ms, direct_ms, dense_ms, dense_prep, dense_gbs,
+                    100.0 * sorted_gbs / copy_gbs, merges ? "merged" : "direct", merged_ms,
+                    direct_ms, dense_ms, dense_prep, dense_gbs,
                     100.0 * dense_gbs / copy_gbs, auto_dense ? "dense" : "sorted", diff);
         std::fflush(stdout);
       }

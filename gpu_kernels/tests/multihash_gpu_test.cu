@@ -684,6 +684,30 @@ int main(int argc, char** argv) {
       Report(&ctr, std::string("algorithm choice ") + w.name,
              got == w.want ? "" : std::string("got ") + AlgoName(got) + ", want " + AlgoName(w.want));
     }
+    // Whether kSorted merges ids: at most 3/4 of the direct path's bytes.
+    const Layout big_concat = layout(1000, 1000, Combine::kConcat);
+    struct Merge {
+      const Layout* l;
+      DType dt;
+      int64_t n;
+      bool want;
+      const char* name;
+    };
+    const Merge merges[] = {
+        {&big, DType::kFloat32, 6000000, true, "f32 add n=6M"},
+        {&big, DType::kFloat32, 5999999, false, "f32 add n=6M-1"},
+        {&big, DType::kFloat16, 8000000, false, "f16 add n=8M"},
+        {&big, DType::kFloat16, 12000000, true, "f16 add n=12M"},
+        {&big_mul, DType::kFloat32, 2181819, true, "f32 mul n=2181819"},
+        {&big_mul, DType::kFloat32, 2181818, false, "f32 mul n=2181818"},
+        {&big_concat, DType::kFloat32, 1 << 23, false, "f32 concat n=2^23"},
+        {&big, DType::kFloat32, 0, false, "f32 add n=0"},
+    };
+    for (const Merge& m : merges) {
+      const bool got = tfmh::gpu::SortedMergesIds(*m.l, m.dt, m.n);
+      Report(&ctr, std::string("sorted merges ids ") + m.name,
+             got == m.want ? "" : std::string("got ") + (got ? "yes" : "no"));
+    }
     const size_t bytes = tfmh::gpu::LookupGradWorkspaceBytes(big, DType::kFloat32, IdType::kInt64, 10,
                                                              static_cast<GradAlgorithm>(7));
     Report(&ctr, "unknown algorithm", bytes == 0 ? "" : "workspace bytes for algorithm 7");
