@@ -194,8 +194,8 @@ echo "== test exit status $TEST_RC in $((SECONDS - T1)) s"
 
 if command -v compute-sanitizer >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/compute-sanitizer ]]; then
   SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
-  echo "== memcheck (quick subset, 60 s cap)"
-  timeout 60 "$SAN" --tool memcheck --error-exitcode 99 "$BUILD/multihash_gpu_test" --quick > "$BUILD/memcheck.log" 2>&1
+  echo "== memcheck (quick subset, 90 s cap)"
+  timeout 90 "$SAN" --tool memcheck --error-exitcode 99 "$BUILD/multihash_gpu_test" --quick > "$BUILD/memcheck.log" 2>&1
   SAN_RC=$?
   tail -3 "$BUILD/memcheck.log"
   grep -m 20 -E "Invalid|out of bounds|ERROR SUMMARY" "$BUILD/memcheck.log" || true
