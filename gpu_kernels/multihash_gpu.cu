@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace tfmh {
 namespace gpu {
@@ -520,8 +521,8 @@ __device__ __forceinline__ RunRef DecodeKey(const Layout& l,
 }
 
 // The gradient outputs of one distinct row: its shard-local row in the
-// shard's indices, and (per lane) N summed floats, as T, at vector v of its
-// values row.
+// shard's indices, and (per lane) N summed floats, as T (as float where
+// so.float_values is set), at vector v of its values row.
 __device__ __forceinline__ void WriteGradIndex(const ShardOutputs& so,
                                                const RunRef& rr,
                                                int64_t out_row, bool ids64) {
@@ -1376,6 +1377,40 @@ int ChooseVector(const Layout& l, size_t esz, const void* const* ptrs,
   return static_cast<int>(esz);
 }
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+template <int V>
+using VecTag = std::integral_constant<int, V>;
+
+bool KnownDType(DType d) {
+  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+}
+
+// Calls f(TypeTag<T>{}, VecTag<V>{}) for the element type of a known dtype
+// and a vector size from ChooseVector (16, 8, 4 bytes; 2 for 2-byte types):
+// the instantiations every launcher picks from.
+template <typename F>
+void WithTypeAndVector(DType dtype, int v, F&& f) {
+  auto with_vector = [&](auto t) {
+    using T = typename decltype(t)::type;
+    switch (v) {
+      case 16: f(t, VecTag<16>{}); break;
+      case 8: f(t, VecTag<8>{}); break;
+      case 4: f(t, VecTag<4>{}); break;
+      default:
+        if constexpr (sizeof(T) == 2) f(t, VecTag<2>{});
+        break;
+    }
+  };
+  switch (dtype) {
+    case DType::kFloat32: with_vector(TypeTag<float>{}); break;
+    case DType::kFloat16: with_vector(TypeTag<__half>{}); break;
+    default: with_vector(TypeTag<__nv_bfloat16>{}); break;
+  }
+}
+
 bool LayoutOk(const Layout& l) {
   if (l.num_tables < 1 || l.num_tables > kMaxTables) return false;
   const int S = l.shard_begin[l.num_tables];
@@ -1430,21 +1465,6 @@ void LaunchLookupV(const Layout& l, const ShardPointers& sp, const void* ids,
   }
 }
 
-template <typename T>
-void LaunchLookupT(int v, const Layout& l, const ShardPointers& sp,
-                   const void* ids, bool ids64, int64_t n, void* out,
-                   int64_t* first_bad, cudaStream_t s) {
-  switch (v) {
-    case 16: LaunchLookupV<T, 16>(l, sp, ids, ids64, n, out, first_bad, s); break;
-    case 8: LaunchLookupV<T, 8>(l, sp, ids, ids64, n, out, first_bad, s); break;
-    case 4: LaunchLookupV<T, 4>(l, sp, ids, ids64, n, out, first_bad, s); break;
-    default:
-      if constexpr (sizeof(T) == 2) {
-        LaunchLookupV<T, 2>(l, sp, ids, ids64, n, out, first_bad, s);
-      }
-      break;
-  }
-}
 
 // ---------------------------------------------------------- backward plan
 constexpr size_t kAlign = 256;
@@ -1628,6 +1648,22 @@ cudaError_t PrepareAny(const Layout& l, const GradPlan& p, const void* ids,
                  : PrepareT<Index, uint32_t>(l, p, ids, ws, h_counts, s);
 }
 
+// MulPartialKernel; float_grad: a.grad holds float rows. Only 2-byte tables
+// need a second kernel for that (for float tables it is the same kernel).
+template <typename T, int V, int KMAX, int U>
+void LaunchMulPartial(unsigned grid, cudaStream_t s, bool float_grad,
+                      const Layout& l, const ShardPointers& sp,
+                      const GradArgs& a, float* prod, int log2_group) {
+  constexpr bool kHalf = sizeof(T) == 2;
+  if (kHalf && float_grad) {
+    TFMH_LAUNCH(grid, kBlock, 0, s, MulPartialKernel<T, V, KMAX, U, kHalf>)(
+        l, sp, a.ids, a.ids64, a.n, a.grad, prod, log2_group);
+  } else {
+    TFMH_LAUNCH(grid, kBlock, 0, s, MulPartialKernel<T, V, KMAX, U>)(
+        l, sp, a.ids, a.ids64, a.n, a.grad, prod, log2_group);
+  }
+}
+
 // float_grad: a.grad holds float rows of out_width (the merged path's
 // stage 2), read through the kProd path whatever T is.
 template <typename T, int V>
@@ -1643,24 +1679,10 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
   if (l.combine == Combine::kMul) {
     const int lgp = GroupLog2(l.out_width / N);
     const unsigned grid_p = GridFor((a.n + 31) / 32, 5);  // a warp per 32 ids
-    // For float tables the float-gradient kernel is the same kernel.
-    constexpr bool kHalf = sizeof(T) == 2;
     if (l.num_tables <= 2) {
-      if (kHalf && float_grad) {
-        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4, kHalf>)(
-            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
-      } else {
-        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, 2, 4>)(
-            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
-      }
+      LaunchMulPartial<T, V, 2, 4>(grid_p, s, float_grad, l, sp, a, prod, lgp);
     } else {
-      if (kHalf && float_grad) {
-        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1, kHalf>)(
-            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
-      } else {
-        TFMH_LAUNCH(grid_p, kBlock, 0, s, MulPartialKernel<T, V, kMaxTables, 1>)(
-            l, sp, a.ids, a.ids64, a.n, a.grad, prod, lgp);
-      }
+      LaunchMulPartial<T, V, kMaxTables, 1>(grid_p, s, float_grad, l, sp, a, prod, lgp);
     }
     a.prod = prod;
     a.prod_stride = a.n * l.out_width;
@@ -1680,36 +1702,6 @@ void FinishV(const Layout& l, const ShardPointers& sp, const ShardOutputs& so,
               s, GradLongFixupKernel<T, V>)(l, so, a);
 }
 
-template <typename T>
-void FinishT(int v, const Layout& l, const ShardPointers& sp,
-             const ShardOutputs& so, const GradArgs& a, float* prod,
-             bool float_grad, cudaStream_t s) {
-  switch (v) {
-    case 16: FinishV<T, 16>(l, sp, so, a, prod, float_grad, s); break;
-    case 8: FinishV<T, 8>(l, sp, so, a, prod, float_grad, s); break;
-    case 4: FinishV<T, 4>(l, sp, so, a, prod, float_grad, s); break;
-    default:
-      if constexpr (sizeof(T) == 2) FinishV<T, 2>(l, sp, so, a, prod, float_grad, s);
-      break;
-  }
-}
-
-// FinishT for the dtype.
-void FinishAny(DType dtype, int v, const Layout& l, const ShardPointers& sp,
-               const ShardOutputs& so, const GradArgs& a, float* prod,
-               bool float_grad, cudaStream_t s) {
-  switch (dtype) {
-    case DType::kFloat32:
-      FinishT<float>(v, l, sp, so, a, prod, float_grad, s);
-      break;
-    case DType::kFloat16:
-      FinishT<__half>(v, l, sp, so, a, prod, float_grad, s);
-      break;
-    default:
-      FinishT<__nv_bfloat16>(v, l, sp, so, a, prod, float_grad, s);
-      break;
-  }
-}
 
 // ------------------------------------------------- sorted, ids merged first
 // The direct sorted path sums every table's rows from the gradient rows of
@@ -2008,22 +2000,6 @@ void DenseFinishV(const Layout& l, const ShardPointers& sp,
       ids64 ? 1 : 0, lg);
 }
 
-template <typename T>
-void DenseFinishT(int v, const Layout& l, const ShardPointers& sp,
-                  const ShardOutputs& so, const DensePlan& p, const char* ws,
-                  const void* ids, bool ids64, const char* grad,
-                  cudaStream_t s) {
-  switch (v) {
-    case 16: DenseFinishV<T, 16>(l, sp, so, p, ws, ids, ids64, grad, s); break;
-    case 8: DenseFinishV<T, 8>(l, sp, so, p, ws, ids, ids64, grad, s); break;
-    case 4: DenseFinishV<T, 4>(l, sp, so, p, ws, ids, ids64, grad, s); break;
-    default:
-      if constexpr (sizeof(T) == 2) {
-        DenseFinishV<T, 2>(l, sp, so, p, ws, ids, ids64, grad, s);
-      }
-      break;
-  }
-}
 
 }  // namespace
 
@@ -2035,7 +2011,7 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
                     const ShardPointers& shards, const void* d_ids, int64_t n,
                     void* d_out, int64_t* d_first_bad, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (!LayoutOk(layout) || n < 0) return cudaErrorInvalidValue;
+  if (!LayoutOk(layout) || !KnownDType(dtype) || n < 0) return cudaErrorInvalidValue;
   if (d_first_bad != nullptr) TFMH_LAUNCH(1, 1, 0, s, InitFirstBadKernel)(d_first_bad);
   if (n == 0) return cudaGetLastError();
   const size_t esz = ElemSize(dtype);
@@ -2047,19 +2023,10 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
   }
   const int v = ChooseVector(layout, esz, ptrs, np);
   const bool ids64 = id_type == IdType::kInt64;
-  switch (dtype) {
-    case DType::kFloat32:
-      LaunchLookupT<float>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
-      break;
-    case DType::kFloat16:
-      LaunchLookupT<__half>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
-      break;
-    case DType::kBFloat16:
-      LaunchLookupT<__nv_bfloat16>(v, layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
+  WithTypeAndVector(dtype, v, [&](auto t, auto vec) {
+    LaunchLookupV<typename decltype(t)::type, decltype(vec)::value>(
+        layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
+  });
   return cudaGetLastError();
 }
 
@@ -2161,10 +2128,7 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               void* d_workspace, size_t workspace_bytes,
                               void* const* d_indices, void* const* d_values,
                               void* stream, GradAlgorithm algorithm) {
-  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 &&
-      dtype != DType::kBFloat16) {
-    return cudaErrorInvalidValue;
-  }
+  if (!KnownDType(dtype)) return cudaErrorInvalidValue;
   BackwardPlan b;
   cudaError_t e = MakeBackwardPlan(layout, dtype, id_type, n, algorithm, &b);
   if (e != cudaSuccess) return e;
@@ -2195,40 +2159,37 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
   if (b.path == BackwardPlan::kDense) {
     e = cudaMemsetAsync(ws + dp.acc, 0, sizeof(float) * dp.acc_floats, s);
     if (e != cudaSuccess) return e;
-    switch (dtype) {
-      case DType::kFloat32:
-        DenseFinishT<float>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
-        break;
-      case DType::kFloat16:
-        DenseFinishT<__half>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
-        break;
-      default:
-        DenseFinishT<__nv_bfloat16>(v, layout, shards, so, dp, ws, d_ids, ids64, grad, s);
-        break;
-    }
+    WithTypeAndVector(dtype, v, [&](auto t, auto vec) {
+      DenseFinishV<typename decltype(t)::type, decltype(vec)::value>(
+          layout, shards, so, dp, ws, d_ids, ids64, grad, s);
+    });
     return cudaGetLastError();
   }
 
+  // The sorted sums of one plan (a stage of the merged path, or the direct
+  // path) whose workspace starts at w.
+  auto finish = [&](const Layout& l, const GradPlan& gp, char* w,
+                    const ShardOutputs& out, const void* ids, const char* g,
+                    bool float_grad) {
+    WithTypeAndVector(dtype, v, [&](auto t, auto vec) {
+      FinishV<typename decltype(t)::type, decltype(vec)::value>(
+          l, shards, out, ArgsOf(gp, w, ids, ids64, g),
+          reinterpret_cast<float*>(w + gp.prod), float_grad, s);
+    });
+  };
   if (b.path == BackwardPlan::kMerged) {
     // Stage 1: per distinct id, the float sum of its gradient rows, into
     // usum (its index output rewrites uid with the same ids).
-    char* w1 = ws + mp.s1_base;
     ShardOutputs so1 = {};
     so1.indices[0] = ws + mp.uid;
     so1.values[0] = ws + mp.usum;
     so1.float_values = 1;
-    FinishAny(dtype, v, mp.ids_layout, shards, so1,
-              ArgsOf(mp.s1, w1, d_ids, ids64, grad), nullptr, false, s);
+    finish(mp.ids_layout, mp.s1, ws + mp.s1_base, so1, d_ids, grad, false);
     // Stage 2: the real tables, from the distinct ids and their sums.
-    char* w2 = ws + mp.s2_base;
-    FinishAny(dtype, v, layout, shards, so,
-              ArgsOf(mp.s2, w2, ws + mp.uid, ids64, ws + mp.usum),
-              reinterpret_cast<float*>(w2 + mp.s2.prod), true, s);
-    return cudaGetLastError();
+    finish(layout, mp.s2, ws + mp.s2_base, so, ws + mp.uid, ws + mp.usum, true);
+  } else {
+    finish(layout, p, ws, so, d_ids, grad, false);
   }
-
-  FinishAny(dtype, v, layout, shards, so, ArgsOf(p, ws, d_ids, ids64, grad),
-            reinterpret_cast<float*>(ws + p.prod), false, s);
   return cudaGetLastError();
 }
 

@@ -14,10 +14,9 @@
 //   bwd   - LaunchLookupGradPrepare + host stream sync + LaunchLookupGradFinish,
 //           once with the sorted and once with the dense algorithm ("prep":
 //           prepare + sync alone; "auto": what kAuto picks for that shape);
-//           the sorted one also with equal ids always merged first
-//           ("merged", TFMH_GPU_SORTED_MERGE=1) and never ("unmerged", =0),
-//           where "sorted" lets the launcher pick by byte counts ("sorted
-//           path": which one it picks).
+//           the sorted one with equal ids merged first ("merged",
+//           TFMH_GPU_SORTED_MERGE=1) and not ("unmerged", =0); "sorted" is
+//           the one the launcher picks by byte counts ("sorted path").
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
 //   bwd: B * 8 (ids) + B * D * 4 (grad read once) + unique rows written
@@ -349,14 +348,16 @@ int main() {
           CUDA_OK(cudaFree(ws));
           return ms;
         };
-        double sorted_prep = 0, dense_prep = 0, unused_prep = 0;
-        const double sorted_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &sorted_prep);
+        // kSorted both ways; "sorted" is the one the launcher picks.
+        double merged_prep = 0, direct_prep = 0, dense_prep = 0;
         setenv("TFMH_GPU_SORTED_MERGE", "1", 1);
-        const double merged_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &unused_prep);
+        const double merged_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &merged_prep);
         setenv("TFMH_GPU_SORTED_MERGE", "0", 1);
-        const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &unused_prep);
+        const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &direct_prep);
         unsetenv("TFMH_GPU_SORTED_MERGE");
         const bool merges = tfmh::gpu::SortedMergesIds(l, dt, B);
+        const double sorted_ms = merges ? merged_ms : direct_ms;
+        const double sorted_prep = merges ? merged_prep : direct_prep;
         const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
