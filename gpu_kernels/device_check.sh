@@ -12,9 +12,10 @@
 #                                              compiler against gpu_kernels/emu
 #                                              (a CPU emulation of CUDA) and run
 #                                              the emulator's self-test and the
-#                                              test, -O2 (full test), then
-#                                              ASan + UBSan (--quick, 1 emulated
-#                                              SM). Checks logic and memory
+#                                              test, -O2 (full test, blocks in
+#                                              shuffled order), then ASan +
+#                                              UBSan (--quick, 1 emulated SM,
+#                                              index order). Checks logic and memory
 #                                              accesses, not speed; log in
 #                                              $OUT/device_check_emulate.log
 # Environment: NVCC (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc),
@@ -63,17 +64,8 @@ if [[ "$EMULATE" == 1 ]]; then
   echo "== CPU EMULATION of CUDA (no GPU): checks the kernels' logic and memory"
   echo "   accesses, NOT their speed"
   CXX="${CXX:-g++}"
-  if [[ -z "${CUDA_INCLUDE:-}" ]]; then
-    # nvcc may be a wrapper script: ask it where its headers are.
-    for c in ${CUDA_HOME:+"$CUDA_HOME/include"} \
-             "$(dirname "$(readlink -f "$NVCC")")/../include" \
-             "$("$NVCC" --dryrun -E -x cu /dev/null 2>&1 |
-                sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)" \
-             /usr/local/cuda/include; do
-      if [[ -f "$c/cuda_fp16.h" ]]; then CUDA_INCLUDE="$(cd "$c" && pwd -P)"; break; fi
-    done
-  fi
-  if [[ ! -f "${CUDA_INCLUDE:-}/cuda_fp16.h" ]]; then
+  source "$ROOT/gpu_kernels/emu/cuda_include.sh"
+  if ! find_cuda_include "$NVCC"; then
     echo "no CUDA toolkit headers found (set CUDA_INCLUDE)"; exit 3
   fi
   echo "== $("$CXX" --version | head -1); CUDA headers: $CUDA_INCLUDE"
@@ -121,7 +113,10 @@ if [[ "$EMULATE" == 1 ]]; then
   echo "== building (-O2) in $BUILD/emu"
   emu_build "$BUILD/emu" -O2 || exit 1
   emu_run "emulator self-test" 60 "$BUILD/emu/cuda_emu_test"
-  emu_run "test (emulated)" 300 "$BUILD/emu/multihash_gpu_test"
+  # Blocks in a shuffled order here (a GPU promises none), in index order
+  # under ASan below.
+  emu_run "test (emulated, blocks shuffled: TFMH_EMU_SHUFFLE_BLOCKS=1)" 300 \
+      env TFMH_EMU_SHUFFLE_BLOCKS=1 "$BUILD/emu/multihash_gpu_test"
   echo "== building (-O1, AddressSanitizer + UBSan) in $BUILD/emu-asan"
   emu_build "$BUILD/emu-asan" -O1 "${SANITIZE[@]}" || exit 1
   emu_run "emulator self-test (ASan + UBSan)" 120 "$BUILD/emu-asan/cuda_emu_test"

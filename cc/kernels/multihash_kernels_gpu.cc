@@ -2,8 +2,16 @@
 // allocate with TensorFlow's allocators and call the framework-free CUDA
 // launchers of gpu_kernels/ on the op's stream. Built with the host compiler;
 // only when the build found CUDA (GOOGLE_CUDA).
-#if GOOGLE_CUDA
+//
+// The same file also builds the test-only library of
+// gpu_kernels/emu/build_tf_emulation.sh (TFMH_TF_GPU_EMULATION): there the
+// launchers are compiled over the CPU emulation of CUDA (gpu_kernels/emu),
+// and these kernels register on the CPU device under the kernel label
+// "gpu_emulation", so the Python tests run this code inside TensorFlow
+// without a GPU. Only OpStream and the registration differ between the two.
+#if GOOGLE_CUDA || TFMH_TF_GPU_EMULATION
 
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -12,8 +20,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/util/determinism.h"
+#if GOOGLE_CUDA
 #include "xla/stream_executor/device_address.h"
 #include "xla/stream_executor/stream.h"
+#endif
 
 namespace tensorflow {
 namespace multihash {
@@ -40,13 +50,37 @@ constexpr tfmh::gpu::IdType GpuIdType() {
                             : tfmh::gpu::IdType::kInt64;
 }
 
-se::Stream* StreamOf(OpKernelContext* ctx) {
-  return ctx->op_device_context()->stream();
-}
+// The op's stream: its raw cudaStream_t for the launchers, copies from
+// device memory to the host, and waiting for the work enqueued so far.
+#if GOOGLE_CUDA
+class OpStream {
+ public:
+  explicit OpStream(OpKernelContext* ctx)
+      : stream_(ctx->op_device_context()->stream()) {}
+  void* handle() const { return stream_->platform_specific_handle().stream; }
+  absl::Status CopyToHost(void* host, const void* device, uint64_t bytes) {
+    return stream_->Memcpy(
+        host, se::DeviceAddressBase(const_cast<void*>(device), bytes), bytes);
+  }
+  absl::Status Wait() { return stream_->BlockHostUntilDone(); }
 
-void* CudaStreamOf(OpKernelContext* ctx) {
-  return StreamOf(ctx)->platform_specific_handle().stream;
-}
+ private:
+  se::Stream* stream_;
+};
+#else
+// Emulation: the emulated runtime runs every call synchronously on the host
+// (its default stream is nullptr), and "device" memory is host memory.
+class OpStream {
+ public:
+  explicit OpStream(OpKernelContext*) {}
+  void* handle() const { return nullptr; }
+  absl::Status CopyToHost(void* host, const void* device, uint64_t bytes) {
+    std::memcpy(host, device, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Wait() { return absl::OkStatus(); }
+};
+#endif
 
 absl::Status LaunchStatus(const char* what, tfmh::gpu::Status status) {
   if (status == 0) return absl::OkStatus();
@@ -66,8 +100,10 @@ tfmh::gpu::ShardPointers PointersOf(const ResolvedTables& tables) {
 absl::Status AllocatePinned(OpKernelContext* ctx, DataType dtype, int64_t n,
                             Tensor* t) {
   AllocatorAttributes attr;
+#if GOOGLE_CUDA
   attr.set_on_host(true);
   attr.set_gpu_compatible(true);
+#endif
   return ctx->allocate_temp(dtype, TensorShape({n}), t, attr);
 }
 
@@ -97,29 +133,23 @@ class MultiHashLookupGpuOp : public MultiHashKernelBase {
                    ctx->allocate_temp(DT_INT64, TensorShape({1}), &first_bad));
     OP_REQUIRES_OK(ctx, AllocatePinned(ctx, DT_INT64, 1, &first_bad_host));
     int64_t* d_first_bad = first_bad.flat<int64_t>().data();
+    OpStream stream(ctx);
     OP_REQUIRES_OK(
         ctx, LaunchStatus("MultiHashLookup",
                           tfmh::gpu::LaunchLookup(
                               layout, GpuDType<T>::value, GpuIdType<Index>(),
                               PointersOf(tables), ids.data(), n, out->data(),
-                              d_first_bad, CudaStreamOf(ctx))));
-    se::Stream* stream = StreamOf(ctx);
+                              d_first_bad, stream.handle())));
     int64_t* h_first_bad = first_bad_host.flat<int64_t>().data();
-    OP_REQUIRES_OK(ctx, stream->Memcpy(h_first_bad,
-                                       se::DeviceAddressBase(d_first_bad,
-                                                             sizeof(int64_t)),
-                                       sizeof(int64_t)));
-    OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
+    OP_REQUIRES_OK(ctx,
+                   stream.CopyToHost(h_first_bad, d_first_bad, sizeof(int64_t)));
+    OP_REQUIRES_OK(ctx, stream.Wait());
     if (*h_first_bad != std::numeric_limits<int64_t>::max()) {
       const int64_t position = *h_first_bad;
       Index bad_id = 0;
       const Index* d_bad = ids.flat<Index>().data() + position;
-      OP_REQUIRES_OK(ctx, stream->Memcpy(&bad_id,
-                                         se::DeviceAddressBase(
-                                             const_cast<Index*>(d_bad),
-                                             sizeof(Index)),
-                                         sizeof(Index)));
-      OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
+      OP_REQUIRES_OK(ctx, stream.CopyToHost(&bad_id, d_bad, sizeof(Index)));
+      OP_REQUIRES_OK(ctx, stream.Wait());
       ctx->CtxFailure(
           OutOfRangeError(layout, position, static_cast<int64_t>(bad_id)));
     }
@@ -141,7 +171,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     const int num_shards = l.shard_begin[l.num_tables];
     const int64_t n = ids.NumElements();
     const tfmh::gpu::IdType id_type = GpuIdType<Index>();
-    void* stream = CudaStreamOf(ctx);
+    OpStream stream(ctx);
 
     // Phase 1 finds the distinct rows of every shard; their counts size the
     // outputs, so they come back to the host before phase 2. With
@@ -175,9 +205,9 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                      tfmh::gpu::LaunchLookupGradPrepare(
                                          l, GpuDType<T>::value, id_type,
                                          ids.data(), n, workspace.data(),
-                                         ws_bytes, h_counts, stream,
+                                         ws_bytes, h_counts, stream.handle(),
                                          algorithm)));
-    OP_REQUIRES_OK(ctx, StreamOf(ctx)->BlockHostUntilDone());
+    OP_REQUIRES_OK(ctx, stream.Wait());
 
     std::vector<void*> indices(num_shards), values(num_shards);
     for (int j = 0; j < l.num_tables; ++j) {
@@ -199,18 +229,23 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          PointersOf(tables), ids.data(),
                                          grad.data(), n, workspace.data(),
                                          ws_bytes, indices.data(),
-                                         values.data(), stream, algorithm)));
+                                         values.data(), stream.handle(),
+                                         algorithm)));
   }
 };
 
+#if GOOGLE_CUDA
+#define TFMH_GPU_KERNEL(op) Name(op).Device(DEVICE_GPU)
+#else
+#define TFMH_GPU_KERNEL(op) Name(op).Device(DEVICE_CPU).Label("gpu_emulation")
+#endif
+
 #define REGISTER_GPU(T, Index)                                            \
-  REGISTER_KERNEL_BUILDER(Name("MultiHashLookup")                         \
-                              .Device(DEVICE_GPU)                         \
+  REGISTER_KERNEL_BUILDER(TFMH_GPU_KERNEL("MultiHashLookup")              \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<Index>("Tidx"),             \
                           MultiHashLookupGpuOp<T, Index>);                \
-  REGISTER_KERNEL_BUILDER(Name("MultiHashLookupGrad")                     \
-                              .Device(DEVICE_GPU)                         \
+  REGISTER_KERNEL_BUILDER(TFMH_GPU_KERNEL("MultiHashLookupGrad")          \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<Index>("Tidx"),             \
                           MultiHashLookupGradGpuOp<T, Index>);
@@ -225,8 +260,9 @@ TF_CALL_bfloat16(REGISTER_GPU_ALL_INDEX);
 
 #undef REGISTER_GPU_ALL_INDEX
 #undef REGISTER_GPU
+#undef TFMH_GPU_KERNEL
 
 }  // namespace multihash
 }  // namespace tensorflow
 
-#endif  // GOOGLE_CUDA
+#endif  // GOOGLE_CUDA || TFMH_TF_GPU_EMULATION

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cinttypes>
 #include <cstdarg>
@@ -35,6 +36,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -104,6 +107,25 @@ int NumSMs() {
   }();
   return sms;
 }
+
+// Block order. A GPU runs the blocks of a grid in no promised order, and a
+// kernel must not depend on it (results that do, such as the rounding of
+// float atomics from many blocks, vary between runs). By default the blocks
+// run in index order; with TFMH_EMU_SHUFFLE_BLOCKS=<seed> (a nonzero integer)
+// or after ShuffleBlocks(seed), every launch runs them in a fresh
+// pseudo-random order drawn from the seed and a launch counter, so repeated
+// runs of the same launches see different orders (and a run of a program
+// with the same seed sees the same ones).
+// (Initialized on first use: ShuffleBlocks may run in another file's static
+// initializer.)
+std::atomic<uint64_t>& ShuffleSeed() {
+  static std::atomic<uint64_t> seed{[] {
+    const char* env = std::getenv("TFMH_EMU_SHUFFLE_BLOCKS");
+    return env != nullptr ? std::strtoull(env, nullptr, 10) : 0ull;
+  }()};
+  return seed;
+}
+std::atomic<uint64_t> g_launch_count{0};
 
 std::string Format(const char* fmt, ...) {
   char buf[1024];
@@ -179,9 +201,13 @@ cudaError_t Free(void* p, bool pinned_host, const char* call) {
   return cudaSuccess;
 }
 
+// Set by TreatAllHostMemoryAsDevice().
+std::atomic<bool> g_all_host_memory_is_device{false};
+
 // Whether [p, p + bytes) lies inside one cudaMalloc or cudaMallocHost
 // allocation (pinned host memory is device-accessible).
 bool DeviceAccessible(const void* p, size_t bytes) {
+  if (g_all_host_memory_is_device.load(std::memory_order_relaxed)) return true;
   const uintptr_t x = reinterpret_cast<uintptr_t>(p);
   std::lock_guard<std::mutex> lock(g_alloc_mu);
   auto it = g_allocs.upper_bound(x);
@@ -505,10 +531,24 @@ class BlockRunner {
   ~BlockRunner() { std::free(shared_); }
 
   void RunGrid() {
-    for (unsigned z = 0; z < grid_.z; ++z) {
-      for (unsigned y = 0; y < grid_.y; ++y) {
-        for (unsigned x = 0; x < grid_.x; ++x) RunBlock(make_uint3(x, y, z));
+    const uint64_t seed = ShuffleSeed().load(std::memory_order_relaxed);
+    if (seed == 0) {
+      for (unsigned z = 0; z < grid_.z; ++z) {
+        for (unsigned y = 0; y < grid_.y; ++y) {
+          for (unsigned x = 0; x < grid_.x; ++x) RunBlock(make_uint3(x, y, z));
+        }
       }
+      return;
+    }
+    const uint64_t nx = grid_.x, ny = grid_.y;
+    std::vector<uint64_t> order(nx * ny * grid_.z);
+    std::iota(order.begin(), order.end(), uint64_t{0});
+    std::mt19937_64 gen(seed * 0x9E3779B97F4A7C15ull + g_launch_count++);
+    std::shuffle(order.begin(), order.end(), gen);
+    for (uint64_t b : order) {
+      RunBlock(make_uint3(static_cast<unsigned>(b % nx),
+                          static_cast<unsigned>(b / nx % ny),
+                          static_cast<unsigned>(b / (nx * ny))));
     }
   }
 
@@ -1037,6 +1077,15 @@ void RunKernel(const LaunchSite& site, const void* kernel, dim3 grid,
 }
 
 }  // namespace internal
+
+void TreatAllHostMemoryAsDevice() {
+  internal::g_all_host_memory_is_device.store(true, std::memory_order_relaxed);
+}
+
+void ShuffleBlocks(uint64_t seed) {
+  internal::ShuffleSeed().store(seed, std::memory_order_relaxed);
+}
+
 }  // namespace tfmh_emu
 
 // ---------------------------------------------------------------- cub

@@ -12,7 +12,8 @@
 //     collectives (__shfl*_sync, __ballot_sync, __any_sync, __all_sync,
 //     __match_any_sync, __match_all_sync, __syncwarp), __syncthreads,
 //     atomics, load/store hints and bit intrinsics.
-//   * TFMH_LAUNCH: runs the blocks of a grid one after another; within a
+//   * TFMH_LAUNCH: runs the blocks of a grid one after another (in index
+//     order, or shuffled: ShuffleBlocks / TFMH_EMU_SHUFFLE_BLOCKS); within a
 //     block every thread is a cooperative fiber that gives up the CPU only at
 //     a synchronization point (__syncthreads, a warp collective), so atomics
 //     are plain read-modify-writes. A block that can make no progress (a
@@ -97,6 +98,20 @@
 constexpr int warpSize = 32;
 
 namespace tfmh_emu {
+
+// From this call on, the emulated runtime's copies and memsets accept any
+// host address as device memory (by default only memory from cudaMalloc or
+// cudaMallocHost). For callers whose buffers come from another allocator:
+// the test build of the TensorFlow kernels, whose "device" tensors are
+// TensorFlow's CPU tensors (gpu_kernels/emu/build_tf_emulation.sh).
+void TreatAllHostMemoryAsDevice();
+
+// Nonzero: every later launch runs its blocks in a fresh pseudo-random order
+// (drawn from the seed and a count of launches); 0: in index order, the
+// default unless the environment sets TFMH_EMU_SHUFFLE_BLOCKS=<seed>. A GPU
+// promises no order, so results must not depend on it.
+void ShuffleBlocks(uint64_t seed);
+
 namespace internal {
 
 // ------------------------------------------------------------ threads

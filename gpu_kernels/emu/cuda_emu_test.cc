@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -200,8 +201,9 @@ void TestBarriers() {
   std::vector<int> h(4 * n + 3);
   cudaMemcpy(h.data(), d, h.size() * sizeof(int), cudaMemcpyDeviceToHost);
   bool neighbour = true, count = true, and_or = true, after_exit = true;
+  const int last = h[0] / 1000;  // the block that ran last wrote out[0..n)
   for (int t = 0; t < n; ++t) {
-    neighbour = neighbour && h[t] == 1000 + (t + 1) % n;  // block 1 ran last
+    neighbour = neighbour && h[t] == 1000 * last + (t + 1) % n;
     count = count && h[n + t] == 32;
     and_or = and_or && h[2 * n + t] == 3;
     after_exit = after_exit && h[3 * n + t] == (t < 40 ? 1 : 0);
@@ -224,7 +226,9 @@ __global__ void AtomicKernel(unsigned long long* u, float4* f4, int* i) {
   atomicMax(u + 1, static_cast<unsigned long long>(t));
   atomicAdd(u + 2, 1ull);
   atomicAdd(f4, make_float4(1.f, 2.f, 0.5f, -1.f));
-  atomicCAS(i, 0, t + 1);  // only the first thread's swap succeeds
+  // Only the first thread's swap succeeds: thread 0 of the block that runs
+  // first (blocks may run in any order).
+  atomicCAS(i, 0, t + 1);
   atomicOr(reinterpret_cast<unsigned*>(i + 1), 1u << (t % 32));
   i[2 + t] = min(int64_t{t}, int64_t{100}) + max(t, 50) * 1000;
 }
@@ -249,7 +253,8 @@ void TestAtomics() {
         "atomicMin / atomicMax / atomicAdd (unsigned long long)");
   Check(hf.x == 200.f && hf.y == 400.f && hf.z == 100.f && hf.w == -200.f,
         "atomicAdd (float4)");
-  Check(hi[0] == 1 && static_cast<unsigned>(hi[1]) == 0xffffffffu,
+  Check((hi[0] == 1 || hi[0] == 101) &&
+            static_cast<unsigned>(hi[1]) == 0xffffffffu,
         "atomicCAS / atomicOr");
   bool mm = true;
   for (int t = 0; t < n; ++t) {
@@ -451,6 +456,58 @@ void TestFailures() {
         "reported: shuffle reading a lane outside the mask");
 }
 
+// Every block takes a ticket: order[ticket] = its index.
+__global__ void BlockOrderKernel(unsigned* counter, unsigned* order) {
+  if (threadIdx.x == 0) {
+    const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    order[atomicAdd(counter, 1u)] = b;
+  }
+  __syncthreads();
+}
+
+std::vector<unsigned> BlockOrder() {
+  unsigned* d = DeviceAlloc<unsigned>(1 + 96);
+  cudaMemset(d, 0, sizeof(unsigned) * 97);
+  TFMH_LAUNCH(dim3(4, 3, 8), 64, 0, 0, BlockOrderKernel)(d, d + 1);
+  std::vector<unsigned> order(96);
+  cudaMemcpy(order.data(), d + 1, sizeof(unsigned) * 96, cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  return order;
+}
+
+void TestBlockOrder() {
+  const char* env = std::getenv("TFMH_EMU_SHUFFLE_BLOCKS");
+  const bool shuffled_by_env = env != nullptr && std::strtoull(env, nullptr, 10) != 0;
+  std::vector<unsigned> identity(96);
+  for (unsigned i = 0; i < 96; ++i) identity[i] = i;
+  if (!shuffled_by_env) {
+    Check(BlockOrder() == identity, "blocks run in index order by default");
+  }
+  tfmh_emu::ShuffleBlocks(12345);
+  const std::vector<unsigned> a = BlockOrder(), b = BlockOrder();
+  std::vector<unsigned> sorted_a = a;
+  std::sort(sorted_a.begin(), sorted_a.end());
+  Check(sorted_a == identity && a != identity && a != b,
+        "ShuffleBlocks: every block runs once, in a new order each launch");
+  tfmh_emu::ShuffleBlocks(0);
+  Check(BlockOrder() == identity, "ShuffleBlocks(0): index order again");
+}
+
+// Last, since it cannot be undone: after TreatAllHostMemoryAsDevice() a
+// plain host buffer is accepted where device memory is expected.
+void TestAllHostMemoryAsDevice() {
+  std::vector<int> host(64, 7), back(64, 0);
+  Check(cudaMemset(host.data(), 0, 64 * sizeof(int)) == cudaErrorInvalidValue,
+        "cudaMemset of plain host memory refused by default");
+  cudaGetLastError();
+  tfmh_emu::TreatAllHostMemoryAsDevice();
+  Check(cudaMemsetAsync(host.data(), 0, 64 * sizeof(int), 0) == cudaSuccess &&
+            cudaMemcpy(back.data(), host.data(), 64 * sizeof(int),
+                       cudaMemcpyDeviceToHost) == cudaSuccess &&
+            back == std::vector<int>(64, 0),
+        "plain host memory accepted after TreatAllHostMemoryAsDevice()");
+}
+
 }  // namespace
 
 int main() {
@@ -465,6 +522,8 @@ int main() {
   TestLaunchErrors();
   TestCub();
   TestFailures();
+  TestBlockOrder();
+  TestAllHostMemoryAsDevice();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
