@@ -280,6 +280,45 @@ def test_strategies_forward_and_grad(mh, emulated, rng, operation, strategy, row
                     f"{strategy} {rows} {operation}")
 
 
+@pytest.mark.parametrize("case", ["eight-tables", "capacity-over-2^32", "64-shards"])
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_limits_forward_and_grad(mh, emulated, rng, operation, case):
+    # The edges of the layout: the most tables (8), a capacity above 2^32
+    # (int64 division of the ids on the device), the most shards (64).
+    if case == "eight-tables":
+        rows, strategy, shards = (2, 3, 2, 3, 2, 3, 2, 3), "generalized-Q-R", None
+    elif case == "capacity-over-2^32":
+        rows, strategy, shards = (70001, 70003), "Q-R", None
+    else:
+        rows, strategy, shards = (40, 30), "Q-R", [[1] * 33 + [7], [1] * 30]
+    k = len(rows)
+    widths = (2,) * k if operation != "concat" else tuple(1 + j % 3 for j in range(k))
+    full = [rng.standard_normal((r, w)).astype(np.float32) for r, w in zip(rows, widths)]
+    if operation == "mul":  # keep a product of 8 normals away from 0 and inf
+        full = [1.0 + 0.1 * t for t in full]
+    capacity = int(np.prod(rows, dtype=np.int64))
+    ids = make_ids(rng, capacity, (6, 7))
+    width = sum(widths) if operation == "concat" else widths[0]
+    upstream = rng.standard_normal(ids.shape + (width,)).astype(np.float32)
+    sizes = shards or [[r] for r in rows]
+
+    def build():
+        tables = [split_rows(const(t, tf.float32), sz) if len(sz) > 1 else const(t, tf.float32)
+                  for t, sz in zip(full, sizes)]
+        ids_t = tf.constant(ids, tf.int64)
+        y = mh.multihash_lookup(tables, ids_t, operation=operation,
+                                complementary_strategy=strategy)
+        g = mh.multihash_lookup_grad(tf.constant(upstream), tables, ids_t,
+                                     operation=operation, complementary_strategy=strategy)
+        return y, g
+
+    ((y, g),) = run(build)
+    assert_close(y, ref_forward(full, ids, operation, strategy), (1e-5, 1e-5))
+    pairs = normalize_raw_grad(g, sum(len(s) for s in sizes))
+    check_raw_grads(pairs, full, ids, operation, upstream, sizes, tf.float32, strategy,
+                    f"{case} {operation}")
+
+
 def _grad_case(mh, rng, operation, dtype, id_dtype, layout, rows, shape, times=1,
                label=LABEL):
     widths = widths_for(operation)
