@@ -493,6 +493,47 @@ def test_training_matches_cpu_kernels(mh, emulated, operation, use_resource):
     assert got[6] < got[0]
 
 
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_tf2_function_training_matches_cpu_kernels(mh, emulated, operation):
+    # TF2: a tf.function with a GradientTape over sharded tf.Variables and
+    # sparse Adagrad updates; the labels apply inside the traced graph.
+    data = np.random.default_rng(11)
+    widths = widths_for(operation)
+    width = sum(widths) if operation == "concat" else widths[0]
+    init = [data.standard_normal((r, w)).astype(np.float32) for r, w in zip((8, 11), widths)]
+    batches = [data.integers(0, 88, size=(16,)).astype(np.int64) for _ in range(3)]
+    targets = [data.standard_normal((16, width)).astype(np.float32) for _ in range(3)]
+
+    def train(label):
+        tables = [[tf.Variable(s) for s in split_rows(init[0], [3, 5])], tf.Variable(init[1])]
+        flat = tables[0] + [tables[1]]
+        opt = tf.compat.v1.train.AdagradOptimizer(0.1)
+        labels = {op: label for op in OP_NAMES} if label else {}
+
+        @tf.function
+        def step(ids, target):
+            with tf.compat.v1.get_default_graph()._kernel_label_map(labels):
+                with tf.GradientTape() as tape:
+                    y = mh.multihash_lookup(tables, ids, operation=operation)
+                    loss = tf.reduce_sum(tf.square(y - target))
+                grads = tape.gradient(loss, flat)
+            opt.apply_gradients(zip(grads, flat))
+            return loss
+
+        losses = [float(step(tf.constant(b), tf.constant(t))) for b, t in zip(batches, targets)]
+        graph = step.get_concrete_function(tf.TensorSpec([16], tf.int64),
+                                           tf.TensorSpec([16, width], tf.float32)).graph
+        kinds = {op.type: op.get_attr("_kernel").decode() if label else None
+                 for op in graph.get_operations() if op.type in OP_NAMES}
+        assert kinds == {name: label for name in OP_NAMES}, kinds
+        return losses, [v.numpy() for v in flat]
+
+    got, want = train(LABEL), train(None)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_seed_example_numbers(mh, emulated):
     # The seed example (concat, Adagrad 0.1, ones) on the emulated GPU kernels:
     # every output element goes 1.0 -> 0.9003111 -> 0.8297106, and the tables
