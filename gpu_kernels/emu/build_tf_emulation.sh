@@ -15,8 +15,8 @@
 # Environment: PYTHON (default $PYTHON_BIN_PATH, else .venv/bin/python), the
 # interpreter with TensorFlow; CXX (default g++); NVCC and CUDA_INCLUDE as in
 # device_check.sh (only the toolkit's headers are used). Output in
-# gpu_kernels/build/tf_emu, rebuilt only when a source is newer. Exit status
-# 3: no CUDA toolkit headers found.
+# gpu_kernels/build/tf_emu, rebuilt only when a source is newer or the
+# TensorFlow differs. Exit status 3: no CUDA toolkit headers found.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -38,7 +38,18 @@ SRCS=(cc/kernels/multihash_kernels_gpu.cc cc/kernels/multihash_kernel_base.cc
       gpu_kernels/emu/tf_emulation_init.cc)
 DEPS=("${SRCS[@]}" cc/kernels/*.h gpu_kernels/*.h gpu_kernels/emu/*.h
       gpu_kernels/emu/build_tf_emulation.sh)
-if [[ -f "$LIB" ]]; then
+# TensorFlow's flags, and the version and location of the TensorFlow they
+# come from: a library built against another TensorFlow is rebuilt.
+TF_INFO="$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" -c '
+import tensorflow as tf
+print(" ".join(tf.sysconfig.get_compile_flags()))
+print(" ".join(tf.sysconfig.get_link_flags()))
+print(tf.__version__, tf.sysconfig.get_lib())' 2>/dev/null)" || {
+  echo "build_tf_emulation: $PYTHON cannot import tensorflow" >&2; exit 1; }
+read -r -a TF_CFLAGS <<< "$(sed -n 1p <<< "$TF_INFO")"
+read -r -a TF_LFLAGS <<< "$(sed -n 2p <<< "$TF_INFO")"
+STAMP="$OUTDIR/tensorflow.txt"
+if [[ -f "$LIB" && -f "$STAMP" && "$(cat "$STAMP")" == "$TF_INFO" ]]; then
   fresh=1
   for f in "${DEPS[@]}"; do
     if [[ "$f" -nt "$LIB" ]]; then fresh=0; break; fi
@@ -46,12 +57,6 @@ if [[ -f "$LIB" ]]; then
   if [[ "$fresh" == 1 ]]; then echo "$LIB"; exit 0; fi
 fi
 
-read -r -a TF_CFLAGS <<< "$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" -c \
-    'import tensorflow as tf; print(" ".join(tf.sysconfig.get_compile_flags()))' \
-    2>/dev/null)"
-read -r -a TF_LFLAGS <<< "$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" -c \
-    'import tensorflow as tf; print(" ".join(tf.sysconfig.get_link_flags()))' \
-    2>/dev/null)"
 # The ABI and alignment flags of TensorFlow's build apply to every object.
 ABI=()
 for f in "${TF_CFLAGS[@]}"; do
@@ -94,4 +99,5 @@ ar rcs "$TMP/libtfmh_gpu_emulation.a" "$TMP/multihash_gpu.o" "$TMP/cuda_emu.o"
     "$TMP/libtfmh_gpu_emulation.a" -Wl,--exclude-libs,libtfmh_gpu_emulation.a \
     -Wl,-Bsymbolic "${TF_LFLAGS[@]}" -lpthread
 mv "$TMP/lib.so" "$LIB"
+printf '%s\n' "$TF_INFO" > "$STAMP"
 echo "$LIB"
