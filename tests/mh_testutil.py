@@ -6,6 +6,8 @@ contract only.
 Q-R strategy, k = 2 tables: capacity = rows0 * rows1,
   q = id // rows1 (row of table 0), r = id % rows1 (row of table 1).
 """
+import math
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.indexed_slices import IndexedSlicesValue
@@ -32,13 +34,13 @@ GRAD_TOL = {
 }
 
 
-def widths_for(operation):
-    """Table widths used for an operation (concat gets unequal widths)."""
-    return (3, 2) if operation == "concat" else (4, 4)
+def widths_for(operation, k=2):
+    """Widths of k tables for an operation (concat gets unequal widths)."""
+    return tuple((3, 2, 4)[j % 3] for j in range(k)) if operation == "concat" else (4,) * k
 
 
 def out_width(operation, widths):
-    return widths[0] + widths[1] if operation == "concat" else widths[0]
+    return sum(widths) if operation == "concat" else widths[0]
 
 
 # --------------------------------------------------------------------------
@@ -186,6 +188,58 @@ def ref_grads(full_ref, ids, operation, upstream):
     else:
         raise ValueError(operation)
     return [dq, dr]
+
+
+# Any k and strategy (the references above are the k = 2 Q-R case):
+#   generalized-Q-R: table j uses (x // prod(rows[j+1:])) % rows[j];
+#   CRT:             table j uses x % rows[j] (rows pairwise coprime).
+def np_rows(ids, rows, strategy):
+    """Row of every table for every id: [k, ...ids.shape]."""
+    ids = np.asarray(ids, np.int64)
+    out = []
+    for j, r in enumerate(rows):
+        if strategy == "CRT":
+            out.append(ids % r)
+        else:
+            out.append((ids // math.prod(rows[j + 1:])) % r)
+    return out
+
+
+def np_lookup(arrays, ids, rows, strategy, operation):
+    parts = [np.asarray(a, np.float64)[r]
+             for a, r in zip(arrays, np_rows(ids, rows, strategy))]
+    if operation == "concat":
+        return np.concatenate(parts, axis=-1)
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p if operation == "add" else acc * p
+    return acc
+
+
+def np_grads(arrays, ids, rows, strategy, operation, upstream):
+    """Dense gradient of sum(upstream * lookup) for every table."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    up = np.asarray(upstream, np.float64).reshape(ids.size, -1)
+    rws = [r.reshape(-1) for r in np_rows(ids, rows, strategy)]
+    grads = [np.zeros(np.shape(a), np.float64) for a in arrays]
+    off = 0
+    for j, a in enumerate(arrays):
+        a = np.asarray(a, np.float64)
+        width = a.shape[1]
+        for i in range(ids.size):
+            if operation == "concat":
+                g = up[i, off:off + width]
+            elif operation == "add":
+                g = up[i]
+            else:
+                g = up[i].copy()
+                for t, other in enumerate(arrays):
+                    if t != j:
+                        g = g * np.asarray(other, np.float64)[rws[t][i]]
+            grads[j][rws[j][i]] += g
+        if operation == "concat":
+            off += width
+    return grads
 
 
 def to_f64(x):

@@ -14,6 +14,7 @@ and against the CPU kernels. What they cannot check: real streams, device
 memory and speed (`gpu_kernels/device_check.sh` on a GPU does).
 """
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -37,7 +38,13 @@ from mh_testutil import (
     build_tables,
     make_ids,
     normalize_raw_grad,
+    np_grads,
+    np_lookup,
+    np_rows,
+    out_width,
     split_rows,
+    to_f64,
+    widths_for,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,58 +123,12 @@ def const(a, dtype):
     return tf.cast(tf.constant(a, tf.float32), dtype)
 
 
-def f64(x):
-    return np.asarray(x).astype(np.float64)
-
-
-# ----------------------------------------------------------------------------
-# An independent reference for any k and strategy.
-def ref_table_rows(ids, rows, strategy):
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    if strategy == "CRT":
-        return [ids % r for r in rows]
-    # Q-R is the k = 2 case of the mixed radix.
-    return [(ids // int(np.prod(rows[j + 1:], dtype=np.int64))) % rows[j]
-            for j in range(len(rows))]
-
-
-def ref_forward(full, ids, operation, strategy="Q-R"):
-    rows = ref_table_rows(ids, [t.shape[0] for t in full], strategy)
-    parts = [t.astype(np.float64)[r] for t, r in zip(full, rows)]
-    if operation == "add":
-        out = sum(parts)
-    elif operation == "mul":
-        out = np.prod(parts, axis=0)
-    else:
-        out = np.concatenate(parts, axis=-1)
-    return out.reshape(np.shape(ids) + (out.shape[-1],))
-
-
-def ref_grads(full, ids, operation, upstream, strategy="Q-R"):
-    """Dense float64 gradients of sum(lookup * upstream) for every table."""
-    rows = ref_table_rows(ids, [t.shape[0] for t in full], strategy)
-    parts = [t.astype(np.float64)[r] for t, r in zip(full, rows)]
-    g = np.asarray(upstream, np.float64).reshape(rows[0].shape[0], -1)
-    grads, col = [], 0
-    for j, t in enumerate(full):
-        if operation == "add":
-            contrib = g
-        elif operation == "mul":
-            contrib = g * np.prod([p for i, p in enumerate(parts) if i != j], axis=0)
-        else:
-            contrib = g[:, col:col + t.shape[1]]
-            col += t.shape[1]
-        d = np.zeros(t.shape, np.float64)
-        np.add.at(d, rows[j], contrib)
-        grads.append(d)
-    return grads
-
-
 def check_raw_grads(pairs, full, ids, operation, upstream, sizes, dtype, strategy="Q-R",
                     context=""):
     """Per shard: the distinct touched rows ascending, and their summed gradient."""
-    dense = ref_grads(full, ids, operation, upstream, strategy)
-    rows = ref_table_rows(ids, [t.shape[0] for t in full], strategy)
+    table_rows = [t.shape[0] for t in full]
+    dense = np_grads(full, ids, table_rows, strategy, operation, upstream)
+    rows = [r.reshape(-1) for r in np_rows(ids, table_rows, strategy)]
     k = 0
     for j, shard_sizes in enumerate(sizes):
         touched = set(rows[j].tolist())
@@ -176,7 +137,7 @@ def check_raw_grads(pairs, full, ids, operation, upstream, sizes, dtype, strateg
             ctx = f"{context} table {j} shard {s} of {shard_sizes}"
             idx, vals = pairs[k]
             idx = np.asarray(idx).astype(np.int64)
-            vals = f64(vals)
+            vals = to_f64(vals)
             expected = sorted(x - start for x in touched if start <= x < start + n)
             assert idx.tolist() == expected, f"{ctx}: rows {idx.tolist()} != {expected}"
             assert vals.shape == (len(expected), full[j].shape[1]), (ctx, vals.shape)
@@ -187,10 +148,6 @@ def check_raw_grads(pairs, full, ids, operation, upstream, sizes, dtype, strateg
             start += n
             k += 1
     assert k == len(pairs)
-
-
-def widths_for(operation, k=2):
-    return (3, 2, 4)[:k] if operation == "concat" else (4,) * k
 
 
 # ----------------------------------------------------------------------------
@@ -244,28 +201,22 @@ def test_forward(mh, emulated, rng, operation, dtype, id_dtype, layout):
     (got,) = run(build)
     for (full, ids), y in zip(cases, got):
         assert y.dtype == dtype.as_numpy_dtype
-        expected = ref_forward(full, ids, operation)
+        expected = np_lookup(full, ids, [t.shape[0] for t in full], "Q-R", operation)
         assert y.shape == expected.shape
-        assert_close(f64(y), expected, FWD_TOL[dtype], f"{operation} ids={ids.tolist()}")
+        assert_close(to_f64(y), expected, FWD_TOL[dtype], f"{operation} ids={ids.tolist()}")
 
 
-@pytest.mark.parametrize("strategy,rows", [("generalized-Q-R", (3, 4, 5)), ("CRT", (3, 4, 5)),
-                                           ("generalized-Q-R", (2, 9))])
-@pytest.mark.parametrize("operation", OPERATIONS)
-def test_strategies_forward_and_grad(mh, emulated, rng, operation, strategy, rows):
-    k = len(rows)
-    widths = widths_for(operation, k)
-    full = [rng.standard_normal((r, w)).astype(np.float32) for r, w in zip(rows, widths)]
-    capacity = int(np.prod(rows))
-    ids = make_ids(rng, capacity, (5, 9))
-    width = sum(widths) if operation == "concat" else widths[0]
+def _check_forward_and_grad(mh, rng, operation, strategy, full, sizes, fwd_tol, context):
+    """Forward and raw gradient of float32 tables `full`, table j cut into
+    shards of sizes[j] rows, on random ids (duplicates and both ends)."""
+    rows = [t.shape[0] for t in full]
+    ids = make_ids(rng, math.prod(rows), (6, 7))
+    width = out_width(operation, [t.shape[1] for t in full])
     upstream = rng.standard_normal(ids.shape + (width,)).astype(np.float32)
-    sizes = [[r] for r in rows]
-    sizes[-1] = [1, rows[-1] - 1]  # shard the last table
 
     def build():
-        tables = [const(t, tf.float32) for t in full]
-        tables[-1] = split_rows(tables[-1], sizes[-1])
+        tables = [split_rows(const(t, tf.float32), sz) if len(sz) > 1 else const(t, tf.float32)
+                  for t, sz in zip(full, sizes)]
         ids_t = tf.constant(ids, tf.int64)
         y = mh.multihash_lookup(tables, ids_t, operation=operation,
                                 complementary_strategy=strategy)
@@ -274,10 +225,22 @@ def test_strategies_forward_and_grad(mh, emulated, rng, operation, strategy, row
         return y, g
 
     ((y, g),) = run(build)
-    assert_close(y, ref_forward(full, ids, operation, strategy), FWD_TOL[tf.float32])
+    assert_close(y, np_lookup(full, ids, rows, strategy, operation), fwd_tol, context)
     pairs = normalize_raw_grad(g, sum(len(s) for s in sizes))
     check_raw_grads(pairs, full, ids, operation, upstream, sizes, tf.float32, strategy,
-                    f"{strategy} {rows} {operation}")
+                    context)
+
+
+@pytest.mark.parametrize("strategy,rows", [("generalized-Q-R", (3, 4, 5)), ("CRT", (3, 4, 5)),
+                                           ("generalized-Q-R", (2, 9))])
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_strategies_forward_and_grad(mh, emulated, rng, operation, strategy, rows):
+    widths = widths_for(operation, len(rows))
+    full = [rng.standard_normal((r, w)).astype(np.float32) for r, w in zip(rows, widths)]
+    sizes = [[r] for r in rows]
+    sizes[-1] = [1, rows[-1] - 1]  # shard the last table
+    _check_forward_and_grad(mh, rng, operation, strategy, full, sizes, FWD_TOL[tf.float32],
+                            f"{strategy} {rows} {operation}")
 
 
 @pytest.mark.parametrize("case", ["eight-tables", "capacity-over-2^32", "64-shards"])
@@ -296,27 +259,8 @@ def test_limits_forward_and_grad(mh, emulated, rng, operation, case):
     full = [rng.standard_normal((r, w)).astype(np.float32) for r, w in zip(rows, widths)]
     if operation == "mul":  # keep a product of 8 normals away from 0 and inf
         full = [1.0 + 0.1 * t for t in full]
-    capacity = int(np.prod(rows, dtype=np.int64))
-    ids = make_ids(rng, capacity, (6, 7))
-    width = sum(widths) if operation == "concat" else widths[0]
-    upstream = rng.standard_normal(ids.shape + (width,)).astype(np.float32)
-    sizes = shards or [[r] for r in rows]
-
-    def build():
-        tables = [split_rows(const(t, tf.float32), sz) if len(sz) > 1 else const(t, tf.float32)
-                  for t, sz in zip(full, sizes)]
-        ids_t = tf.constant(ids, tf.int64)
-        y = mh.multihash_lookup(tables, ids_t, operation=operation,
-                                complementary_strategy=strategy)
-        g = mh.multihash_lookup_grad(tf.constant(upstream), tables, ids_t,
-                                     operation=operation, complementary_strategy=strategy)
-        return y, g
-
-    ((y, g),) = run(build)
-    assert_close(y, ref_forward(full, ids, operation, strategy), (1e-5, 1e-5))
-    pairs = normalize_raw_grad(g, sum(len(s) for s in sizes))
-    check_raw_grads(pairs, full, ids, operation, upstream, sizes, tf.float32, strategy,
-                    f"{case} {operation}")
+    _check_forward_and_grad(mh, rng, operation, strategy, full, shards or [[r] for r in rows],
+                            (1e-5, 1e-5), f"{case} {operation}")
 
 
 def _grad_case(mh, rng, operation, dtype, id_dtype, layout, rows, shape, times=1,
@@ -324,7 +268,7 @@ def _grad_case(mh, rng, operation, dtype, id_dtype, layout, rows, shape, times=1
     widths = widths_for(operation)
     full = rounded([rng.standard_normal((r, w)) for r, w in zip(rows, widths)], dtype)
     ids = make_ids(rng, rows[0] * rows[1], shape)
-    width = sum(widths) if operation == "concat" else widths[0]
+    width = out_width(operation, widths)
     upstream = rounded([rng.standard_normal(shape + (width,))], dtype)[0]
     holder = {}
 
@@ -438,7 +382,7 @@ def test_out_of_range_error_as_on_cpu(mh, emulated, id_dtype, bad):
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_empty_ids(mh, emulated, rng, operation):
     widths = widths_for(operation)
-    width = sum(widths) if operation == "concat" else widths[0]
+    width = out_width(operation, widths)
 
     def build():
         tables = [[tf.ones([2, widths[0]]), tf.ones([1, widths[0]])], tf.ones([4, widths[1]])]
@@ -499,7 +443,7 @@ def test_tf2_function_training_matches_cpu_kernels(mh, emulated, operation):
     # sparse Adagrad updates; the labels apply inside the traced graph.
     data = np.random.default_rng(11)
     widths = widths_for(operation)
-    width = sum(widths) if operation == "concat" else widths[0]
+    width = out_width(operation, widths)
     init = [data.standard_normal((r, w)).astype(np.float32) for r, w in zip((8, 11), widths)]
     batches = [data.integers(0, 88, size=(16,)).astype(np.int64) for _ in range(3)]
     targets = [data.standard_normal((16, width)).astype(np.float32) for _ in range(3)]

@@ -1,7 +1,8 @@
 """k-way complementary partitions (Q-R, generalized-Q-R, CRT), sizing with
 multihash_dims, and out_of_range="wrap".
 
-The references are NumPy, written from the definitions:
+The references are NumPy (mh_testutil's np_rows, np_lookup and np_grads),
+written from the definitions:
   generalized-Q-R: table j uses (x // prod(rows[j+1:])) % rows[j];
   CRT:             table j uses x % rows[j] (rows pairwise coprime);
   capacity = prod(rows) for both; Q-R is the k = 2 generalized-Q-R.
@@ -14,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from mh_apiutil import array_initializer
+from mh_testutil import np_grads, np_lookup, np_rows
 
 v1 = tf.compat.v1
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -36,55 +38,6 @@ CASES = sorted(ROWS)
 def tfmh():
     import tensorflow_multihash as m
     return m
-
-
-def np_rows(ids, rows, strategy):
-    """Row of every table for every id: [k, ...ids.shape]."""
-    ids = np.asarray(ids, np.int64)
-    out = []
-    for j, r in enumerate(rows):
-        if strategy == "CRT":
-            out.append(ids % r)
-        else:
-            out.append((ids // math.prod(rows[j + 1:])) % r)
-    return out
-
-
-def np_lookup(arrays, ids, rows, strategy, operation):
-    parts = [np.asarray(a, np.float64)[r]
-             for a, r in zip(arrays, np_rows(ids, rows, strategy))]
-    if operation == "concat":
-        return np.concatenate(parts, axis=-1)
-    acc = parts[0]
-    for p in parts[1:]:
-        acc = acc + p if operation == "add" else acc * p
-    return acc
-
-
-def np_grads(arrays, ids, rows, strategy, operation, upstream):
-    """Dense gradient of sum(upstream * lookup) for every table."""
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    up = np.asarray(upstream, np.float64).reshape(ids.size, -1)
-    rws = [r.reshape(-1) for r in np_rows(ids, rows, strategy)]
-    grads = [np.zeros(np.shape(a), np.float64) for a in arrays]
-    off = 0
-    for j, a in enumerate(arrays):
-        a = np.asarray(a, np.float64)
-        width = a.shape[1]
-        for i in range(ids.size):
-            if operation == "concat":
-                g = up[i, off:off + width]
-            elif operation == "add":
-                g = up[i]
-            else:
-                g = up[i].copy()
-                for t, other in enumerate(arrays):
-                    if t != j:
-                        g = g * np.asarray(other, np.float64)[rws[t][i]]
-            grads[j][rws[j][i]] += g
-        if operation == "concat":
-            off += width
-    return grads
 
 
 def dims_for(rows, operation):
