@@ -42,6 +42,7 @@ from mh_testutil import (
     np_lookup,
     np_rows,
     out_width,
+    random_full_tables,
     split_rows,
     to_f64,
     widths_for,
@@ -187,7 +188,7 @@ def test_forward(mh, emulated, rng, operation, dtype, id_dtype, layout):
     widths = widths_for(operation)
     cases = []
     for rows, shape in zip(ROW_CONFIGS, [(7,), (2, 3, 2), ()]):
-        full = rounded([rng.standard_normal((r, w)) for r, w in zip(rows, widths)], dtype)
+        full = rounded(random_full_tables(rng, rows, widths), dtype)
         cases.append((full, make_ids(rng, rows[0] * rows[1], shape)))
 
     def build():
@@ -266,7 +267,7 @@ def test_limits_forward_and_grad(mh, emulated, rng, operation, case):
 def _grad_case(mh, rng, operation, dtype, id_dtype, layout, rows, shape, times=1,
                label=LABEL):
     widths = widths_for(operation)
-    full = rounded([rng.standard_normal((r, w)) for r, w in zip(rows, widths)], dtype)
+    full = rounded(random_full_tables(rng, rows, widths), dtype)
     ids = make_ids(rng, rows[0] * rows[1], shape)
     width = out_width(operation, widths)
     upstream = rounded([rng.standard_normal(shape + (width,))], dtype)[0]
