@@ -16,6 +16,7 @@ from tensorflow_multihash.multihash_ops import multihash_lookup
 from tensorflow_multihash.sizing import multihash_dims
 from tensorflow_multihash.variable import MultiHashVariable
 from tensorflow_multihash.variable import get_multihash_variable
+from tensorflow_multihash.variable import set_deeprec_mapping
 from tensorflow_multihash import deeprec_compat  # noqa: F401  (registers)
 
 
@@ -48,4 +49,5 @@ __all__ = [
     "multihash_lookup",
     "multihash_ops",
     "safe_embedding_lookup_sparse",
+    "set_deeprec_mapping",
 ]

@@ -20,7 +20,6 @@ with `needs_colocated_lookup`; single-device lookups keep the fused op.
 """
 
 import contextlib
-import math
 
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
@@ -142,7 +141,8 @@ def _checked_ids(ids, capacity, rows, out_of_range):
     position = tf.argmax(tf.cast(bad, tf.int32))
     message = tf.strings.format(
         "ids[{}] = {} is out of range: ids must be in [0, %d), the capacity "
-        "of tables with %s rows" % (capacity, list(rows)),
+        "of tables with %s rows; out_of_range=\"wrap\" folds larger ids "
+        "into that range" % (capacity, list(rows)),
         (position, tf.gather(flat, position)))
     return tf.debugging.Assert(False, [message])
 
@@ -165,7 +165,7 @@ def _gather_table(shards, table_rows, name):
       with _placed_with(shards[0]):
         found = tf.gather(shards[0], uniq, name="gather_shard_0")
     else:
-      sizes = [int(tf.TensorShape(s.shape)[0]) for s in shards]
+      sizes = [multihash_ops.static_shape(s)[0] for s in shards]
       starts = [0]
       for n in sizes[:-1]:
         starts.append(starts[-1] + n)
@@ -201,7 +201,7 @@ def _combine(parts, operation, dtype):
 
 def colocated_lookup(tables, ids, operation="add",
                      complementary_strategy="Q-R", out_of_range="error",
-                     name=None):
+                     deeprec_mapping=False, name=None):
   """Looks up `ids`, gathering each shard's rows where the shard lives.
 
   Gives the same numbers as `multihash_ops.multihash_lookup` (identical
@@ -218,6 +218,8 @@ def colocated_lookup(tables, ids, operation="add",
       `multihash_ops.table_divisors`).
     out_of_range: "error" (ids outside [0, capacity) fail the step) or
       "wrap" (ids are taken modulo the capacity).
+    deeprec_mapping: "Q-R" only: DeepRec's mapping (see
+      `multihash_ops.multihash_lookup`).
     name: a name scope for the ops.
 
   Returns:
@@ -236,8 +238,12 @@ def colocated_lookup(tables, ids, operation="add",
   shards, rows, widths, dtype = multihash_ops.describe_tables(tables)
   multihash_ops.check_widths(operation, widths)
   multihash_ops.check_rows(rows, complementary_strategy)
-  divisors = multihash_ops.table_divisors(rows, complementary_strategy)
-  capacity = math.prod(rows)
+  multihash_ops.check_deeprec_mapping(deeprec_mapping, complementary_strategy,
+                                      len(rows))
+  divisors = multihash_ops.table_divisors(rows, complementary_strategy,
+                                          deeprec_mapping)
+  capacity = multihash_ops.capacity_of(rows, complementary_strategy,
+                                       deeprec_mapping)
   with tf.name_scope(name or "multihash_colocated_lookup"):
     ids = multihash_ops._ids_tensor(ids)  # pylint: disable=protected-access
     flat = _checked_ids(ids, capacity, rows, out_of_range)

@@ -21,6 +21,7 @@ from tensorflow.python.feature_column import serialization
 from tensorflow_multihash import embedding_ops
 from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.variable import MultiHashVariable
+from tensorflow_multihash.variable import resolve_deeprec_mapping
 from tensorflow_multihash.variable import validate_config
 
 
@@ -40,8 +41,8 @@ class MultiHashCategoricalColumn(
     collections.namedtuple(
         "MultiHashCategoricalColumn",
         ("key", "dims", "complementary_strategy", "operation", "dtype",
-         "partition_num", "out_of_range", "hash_strings"),
-        defaults=("error", False))):
+         "partition_num", "out_of_range", "hash_strings", "deeprec_mapping"),
+        defaults=("error", False, False))):
   """Integer ids in [0, prod(dims)) (or strings hashed into that range); see
   `categorical_column_with_multihash`."""
 
@@ -91,7 +92,9 @@ class MultiHashCategoricalColumn(
 
   @property
   def num_buckets(self):
-    return math.prod(self.dims)
+    return multihash_ops.capacity_of(list(self.dims),
+                                     self.complementary_strategy,
+                                     self.deeprec_mapping)
 
   @property
   def _num_buckets(self):
@@ -127,7 +130,8 @@ class MultiHashCategoricalColumn(
 def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
                                       operation="concat", dtype=tf.int64,
                                       partition_num=None, out_of_range="error",
-                                      hash_strings=False):
+                                      hash_strings=False,
+                                      deeprec_mapping=None):
   """A categorical column of integer ids for a multi-hash embedding.
 
   Args:
@@ -149,6 +153,9 @@ def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
     hash_strings: if True, string ids are hashed into [0, prod(dims)) with
       TensorFlow's string hash (`tf.strings.to_hash_bucket_fast`, as its
       hash-bucket column does); integer ids are used as they are.
+    deeprec_mapping: True maps ids as DeepRec does (k = 2 "Q-R" only):
+      x // rows_Q and x % rows_R, ids in [0, rows_Q * rows_Q). None follows
+      `set_deeprec_mapping` (False unless set).
 
   Returns:
     A `MultiHashCategoricalColumn`.
@@ -165,6 +172,8 @@ def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
   pairs, operation = validate_config([[d, 1] for d in dims], len(dims),
                                      complementary_strategy, operation)
   multihash_ops.check_out_of_range(out_of_range)
+  deeprec_mapping = resolve_deeprec_mapping(
+      deeprec_mapping, complementary_strategy, len(pairs))
   if not isinstance(hash_strings, bool):
     raise ValueError("hash_strings must be True or False, got %r" %
                      (hash_strings,))
@@ -182,7 +191,7 @@ def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
       key=key, dims=tuple(rows for rows, _ in pairs),
       complementary_strategy=complementary_strategy, operation=operation,
       dtype=dtype, partition_num=partition_num, out_of_range=out_of_range,
-      hash_strings=hash_strings)
+      hash_strings=hash_strings, deeprec_mapping=deeprec_mapping)
 
 
 def multihash_column_of(categorical_column):
@@ -243,10 +252,13 @@ class MultiHashEmbeddingColumn(
     return _table_variables(len(self.dimension))
 
   @property
-  def variable_shape(self):
+  def _out_width(self):
     widths = self.dimension
-    width = sum(widths) if self._multihash.operation == "concat" else widths[0]
-    return tf.TensorShape([width])
+    return sum(widths) if self._multihash.operation == "concat" else widths[0]
+
+  @property
+  def variable_shape(self):
+    return tf.TensorShape([self._out_width])
 
   @property
   def _variable_shape(self):
@@ -256,7 +268,7 @@ class MultiHashEmbeddingColumn(
     if self.initializer is not None:
       return self.initializer
     return tf.compat.v1.truncated_normal_initializer(
-        stddev=1.0 / math.sqrt(self.variable_shape[0]))
+        stddev=1.0 / math.sqrt(self._out_width))
 
   def create_state(self, state_manager):
     for name, shape in zip(self._table_names, self._dims):
@@ -270,7 +282,8 @@ class MultiHashEmbeddingColumn(
     # The categorical column has already wrapped ids if asked to.
     params = MultiHashVariable(
         self.name, self._dims, len(self._dims), column.complementary_strategy,
-        column.operation, tf.float32, tables)
+        column.operation, tf.float32, tables,
+        deeprec_mapping=column.deeprec_mapping)
     # A negative id is an error, as for the variable's lookups (dense
     # inputs' -1 padding was already dropped by the categorical column).
     return embedding_ops.pooled_lookup(
@@ -336,7 +349,8 @@ def embedding_column(categorical_column, dimension, combiner="mean",
     categorical_column: a `categorical_column_with_multihash`, or a
       `weighted_categorical_column` of one (its weights are used).
     dimension: (width_Q, width_R), or one width per table for k > 2; equal
-      widths for add and mul.
+      widths for add and mul, for which one int means that width for every
+      table.
     combiner: "sum", "mean" or "sqrtn", pooling the composed embeddings of
       each row's ids.
     initializer: for both tables; default a truncated normal with stddev
@@ -359,6 +373,9 @@ def embedding_column(categorical_column, dimension, combiner="mean",
         "categorical_column must be a categorical_column_with_multihash (or "
         "a weighted column of one), got %r" % (categorical_column,))
   k = len(column.dims)
+  if (column.operation != "concat" and not isinstance(dimension, bool) and
+      isinstance(dimension, int)):
+    dimension = (dimension,) * k
   if (not isinstance(dimension, (list, tuple)) or len(dimension) != k or
       any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
           for d in dimension)):

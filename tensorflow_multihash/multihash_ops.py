@@ -30,25 +30,61 @@ OUT_OF_RANGE = ("error", "wrap")
 ID_DTYPES = (tf.int32, tf.int64)
 
 
+def _choices(values):
+  return ", ".join('"%s"' % v for v in values)
+
+
+def _is_one_of(value, choices):
+  """`value in choices` that is False (not a TypeError) for lists, dicts and
+  other unhashable or odd values."""
+  return isinstance(value, str) and value in choices
+
+
 def canonical_operation(operation):
   """"add", "mul" (or its alias "mult") or "concat"; else ValueError."""
-  op = _OPERATION_ALIASES.get(operation, operation)
-  if op not in OPERATIONS:
-    raise ValueError("The operation %s is not supported" % (operation,))
-  return op
+  if _is_one_of(operation, _OPERATION_ALIASES):
+    return _OPERATION_ALIASES[operation]
+  if not _is_one_of(operation, OPERATIONS):
+    raise ValueError(
+        "The operation %s is not supported; operation must be one of %s "
+        "(\"mult\" is accepted as \"mul\")" % (operation,
+                                               _choices(OPERATIONS)))
+  return operation
 
 
 def check_strategy(strategy):
-  if strategy not in STRATEGIES:
-    raise ValueError("The strategy %s is not supported" % (strategy,))
+  if not _is_one_of(strategy, STRATEGIES):
+    raise ValueError(
+        "The strategy %s is not supported; complementary_strategy must be "
+        "one of %s" % (strategy, _choices(STRATEGIES)))
   return strategy
 
 
 def check_out_of_range(out_of_range):
-  if out_of_range not in OUT_OF_RANGE:
-    raise ValueError("out_of_range must be \"error\" or \"wrap\", got %r" %
-                     (out_of_range,))
+  if not _is_one_of(out_of_range, OUT_OF_RANGE):
+    raise ValueError("out_of_range must be one of %s, got %r" %
+                     (_choices(OUT_OF_RANGE), out_of_range))
   return out_of_range
+
+
+def check_deeprec_mapping(deeprec_mapping, strategy, num_tables):
+  """Checks `deeprec_mapping` (a bool) against the strategy; returns it.
+
+  DeepRec's mapping (q = id // rows_Q, r = id % rows_R) exists for k = 2
+  "Q-R" only.
+
+  Raises:
+    ValueError: not a bool, or True with another strategy or k != 2.
+  """
+  if not isinstance(deeprec_mapping, bool):
+    raise ValueError("deeprec_mapping must be True or False, got %r" %
+                     (deeprec_mapping,))
+  if deeprec_mapping and (strategy != "Q-R" or num_tables != 2):
+    raise ValueError(
+        "deeprec_mapping=True is DeepRec's mapping of k = 2 \"Q-R\" tables, "
+        "got complementary_strategy=%r with %d tables" %
+        (strategy, num_tables))
+  return deeprec_mapping
 
 
 def check_rows(rows, strategy):
@@ -72,16 +108,31 @@ def check_rows(rows, strategy):
               (i, rows[i], j, rows[j], g))
 
 
-def table_divisors(rows, strategy):
+def capacity_of(rows, strategy, deeprec_mapping=False):
+  """The number of ids the tables address: ids are valid in [0, capacity).
+
+  prod(rows) for every strategy; rows_Q * rows_Q under DeepRec's mapping
+  (its quotient row id // rows_Q must stay below rows_Q).
+  """
+  check_strategy(strategy)
+  if deeprec_mapping:
+    return rows[0] * rows[0]
+  return math.prod(rows)
+
+
+def table_divisors(rows, strategy, deeprec_mapping=False):
   """Table j's row of id x is `(x // divisors[j]) % rows[j]`.
 
   "Q-R" and "generalized-Q-R" are mixed radix (divisors are the products of
   the later tables' rows; for k = 2, q = x // rows_R and r = x % rows_R);
-  "CRT" uses x % rows_j (divisors all 1). The kernels compute the same
+  "CRT" uses x % rows_j (divisors all 1); DeepRec's mapping divides by
+  rows_Q (q = x // rows_Q, r = x % rows_R). The kernels compute the same
   divisors (cc/kernels/multihash_mapping.h); this is for Python code that
   must place rows itself, such as per-shard gathers on parameter servers.
   """
   check_strategy(strategy)
+  if deeprec_mapping:
+    return [rows[0], 1]
   if strategy == "CRT":
     return [1] * len(rows)
   divisors, product = [], 1
@@ -99,6 +150,14 @@ def wrap_ids(ids, capacity):
     # Every int32 id >= 0 is already in range; negative ones need int64.
     ids = tf.cast(ids, tf.int64)
   return tf.math.floormod(ids, tf.constant(capacity, dtype=ids.dtype))
+
+
+def static_shape(x):
+  """The static shape of a tensor or variable as a list of Python ints (None
+  where unknown): the one place shapes are read, so that TF1's `Dimension`
+  objects never reach the rest of the package. None for an unknown rank."""
+  shape = tf.TensorShape(x.shape)
+  return None if shape.rank is None else shape.as_list()
 
 
 def table_shards(table):
@@ -141,16 +200,16 @@ def describe_tables(tables):
       raise ValueError("table %d has no shards" % j)
     table_rows, width = 0, None
     for s, shard in enumerate(shards):
-      shape, shard_dtype = tf.TensorShape(shard.shape), shard.dtype.base_dtype
+      shape, shard_dtype = static_shape(shard), shard.dtype.base_dtype
       if dtype is None:
         dtype = shard_dtype
       elif shard_dtype != dtype:
         raise ValueError("all tables must have one dtype: shard %d of table "
                          "%d is %s, expected %s" %
                          (s, j, shard_dtype.name, dtype.name))
-      if shape.rank != 2 or None in shape.as_list():
+      if shape is None or len(shape) != 2 or None in shape:
         raise ValueError("shard %d of table %d must have a static shape "
-                         "[rows, width], got %s" % (s, j, shape))
+                         "[rows, width], got %s" % (s, j, shard.shape))
       if width is not None and shape[1] != width:
         raise ValueError("shard %d of table %d has width %d, the other shards "
                          "%d" % (s, j, shape[1], width))
@@ -200,7 +259,7 @@ def check_widths(operation, widths):
 
 def multihash_lookup(tables, ids, operation="add",
                      complementary_strategy="Q-R", out_of_range="error",
-                     name=None):
+                     deeprec_mapping=False, name=None):
   """Looks up `ids` in the multi-hash table made of `tables`.
 
   Args:
@@ -216,6 +275,9 @@ def multihash_lookup(tables, ids, operation="add",
       "CRT" (pairwise coprime row counts): x % rows[j].
     out_of_range: "error" (an id outside [0, capacity) fails) or "wrap"
       (ids are folded into the capacity by floor-mod first).
+    deeprec_mapping: "Q-R" only: DeepRec's mapping, x // rows_0 and
+      x % rows_1, for ids in [0, rows_0 * rows_0); ids collide when the row
+      counts differ.
     name: a name for the op.
 
   Returns:
@@ -225,7 +287,8 @@ def multihash_lookup(tables, ids, operation="add",
   Raises:
     ValueError: unknown operation, strategy or out_of_range, unequal widths
       for add or mul, row counts the strategy does not allow, shards that
-      are not [rows, width] matrices of one dtype.
+      are not [rows, width] matrices of one dtype, deeprec_mapping with
+      another strategy.
     TypeError: ids that are not int32 or int64.
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity).
   """
@@ -237,16 +300,20 @@ def multihash_lookup(tables, ids, operation="add",
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
     check_widths(operation, widths)
     check_rows(rows, complementary_strategy)
+    check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     if out_of_range == "wrap":
-      ids = wrap_ids(ids, math.prod(rows))
+      ids = wrap_ids(ids, capacity_of(rows, complementary_strategy,
+                                      deeprec_mapping))
     return _gen.multi_hash_lookup(
         tables=inputs, ids=ids, T=dtype, operation=operation,
         complementary_strategy=complementary_strategy, table_rows=rows,
-        table_widths=widths, num_shards=num_shards)
+        table_widths=widths, num_shards=num_shards,
+        deeprec_mapping=deeprec_mapping)
 
 
 def multihash_lookup_grad(grad, tables, ids, operation="add",
-                          complementary_strategy="Q-R", name=None):
+                          complementary_strategy="Q-R", deeprec_mapping=False,
+                          name=None):
   """The raw gradient op: a list of (indices, values), one per shard.
 
   Tables in order, then shards in order; `indices` are the distinct
@@ -260,11 +327,13 @@ def multihash_lookup_grad(grad, tables, ids, operation="add",
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
     check_widths(operation, widths)
     check_rows(rows, complementary_strategy)
+    check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     indices, values = _gen.multi_hash_lookup_grad(
         grad=tf.convert_to_tensor(grad, dtype=dtype), tables=inputs, ids=ids,
         N=len(inputs), operation=operation,
         complementary_strategy=complementary_strategy,
-        table_rows=rows, table_widths=widths, num_shards=num_shards)
+        table_rows=rows, table_widths=widths, num_shards=num_shards,
+        deeprec_mapping=deeprec_mapping)
     return list(zip(indices, values))
 
 
@@ -272,6 +341,13 @@ def _shard_shape(op_input):
   if op_input.dtype == tf.resource:
     return tf.cast(resource_variable_ops.variable_shape(op_input), tf.int64)
   return tf.shape(op_input, out_type=tf.int64)
+
+
+def _deeprec_attr(op):
+  try:
+    return bool(op.get_attr("deeprec_mapping"))
+  except ValueError:  # an op made by a library without the attribute
+    return False
 
 
 @ops.RegisterGradient("MultiHashLookup")
@@ -285,7 +361,8 @@ def _multihash_lookup_grad(op, grad):
       complementary_strategy=op.get_attr("complementary_strategy").decode(),
       table_rows=op.get_attr("table_rows"),
       table_widths=op.get_attr("table_widths"),
-      num_shards=op.get_attr("num_shards"))
+      num_shards=op.get_attr("num_shards"),
+      deeprec_mapping=_deeprec_attr(op))
   table_grads = [
       tf.IndexedSlices(v, i, _shard_shape(t))
       for t, i, v in zip(tables, indices, values)

@@ -10,6 +10,7 @@ otherwise, so scopes, reuse, partitioners, custom getters, collections,
 savers and optimizers treat them like any other variable.
 """
 
+import inspect
 import math
 import numbers
 
@@ -20,6 +21,8 @@ from tensorflow_multihash import multihash_ops
 
 # The kernels' limit on the number of small tables (kMaxTables).
 MAX_PARTITIONS = 8
+# Ids are int64: a capacity beyond this has rows no id can reach.
+MAX_CAPACITY = 2**63 - 1
 
 # Sub-variable names, in table order: for k = 2 DeepRec's spelling (kept so
 # that its checkpoints restore by name), else numbered.
@@ -34,17 +37,64 @@ def table_suffixes(num_tables):
   return tuple("multhash_%d" % j for j in range(num_tables))
 
 
-class MultiHashConfig(object):
-  """DeepRec's option object of a multi-hash variable: `size` is the dims."""
+# The process-wide default of `deeprec_mapping`: None until
+# `set_deeprec_mapping` is called (then a bool).
+_deeprec_mapping_default = None
 
-  def __init__(self, size, strategy, operation):
+
+def set_deeprec_mapping(enabled):
+  """Sets the process-wide default of `deeprec_mapping` (initially False).
+
+  With True, every k = 2 "Q-R" multi-hash variable and feature column made
+  afterwards with `deeprec_mapping=None` maps ids as DeepRec does:
+  q = id // rows_Q, r = id % rows_R, for ids in [0, rows_Q * rows_Q). Two
+  ids then share both rows when rows_Q != rows_R, exactly as in DeepRec, so
+  checkpoints trained there give the same embeddings here. Other strategies
+  are not affected. DeepRec code runs unchanged plus this one line.
+
+  Args:
+    enabled: True or False.
+
+  Raises:
+    ValueError: `enabled` is not a bool.
+  """
+  global _deeprec_mapping_default
+  if not isinstance(enabled, bool):
+    raise ValueError("set_deeprec_mapping takes True or False, got %r" %
+                     (enabled,))
+  _deeprec_mapping_default = enabled
+
+
+def deeprec_mapping_chosen():
+  """Whether `set_deeprec_mapping` was ever called in this process."""
+  return _deeprec_mapping_default is not None
+
+
+def resolve_deeprec_mapping(deeprec_mapping, strategy, num_tables):
+  """The mapping a new variable or column uses: `deeprec_mapping` if given
+  (checked), else the process default where it applies (k = 2 "Q-R")."""
+  if deeprec_mapping is None:
+    return bool(_deeprec_mapping_default) and (strategy == "Q-R" and
+                                               num_tables == 2)
+  return multihash_ops.check_deeprec_mapping(deeprec_mapping, strategy,
+                                             num_tables)
+
+
+class MultiHashConfig(object):
+  """DeepRec's option object of a multi-hash variable: `size` is the dims,
+  `num_of_partitions` the number of small tables."""
+
+  def __init__(self, size, strategy, operation, num_of_partitions=None):
     self.size = size
     self.strategy = strategy
     self.operation = operation
+    self.num_of_partitions = (len(size) if num_of_partitions is None
+                              else num_of_partitions)
 
   def __repr__(self):
-    return "MultiHashConfig(size=%r, strategy=%r, operation=%r)" % (
-        self.size, self.strategy, self.operation)
+    return ("MultiHashConfig(size=%r, strategy=%r, operation=%r, "
+            "num_of_partitions=%r)" % (self.size, self.strategy,
+                                       self.operation, self.num_of_partitions))
 
 
 class _Untracked(object):
@@ -96,7 +146,28 @@ def validate_config(dims, num_of_partitions, complementary_strategy,
     raise ValueError("operation %r needs equal widths in dims, got widths %s"
                      % (operation, widths))
   multihash_ops.check_rows([r for r, _ in pairs], complementary_strategy)
+  capacity = math.prod(r for r, _ in pairs)
+  if capacity > MAX_CAPACITY:
+    raise ValueError(
+        "dims give a capacity of %d ids (the product of the row counts), "
+        "more than int64 ids can name (at most 2**63 - 1); use fewer or "
+        "smaller tables, got %r" % (capacity, dims))
   return pairs, operation
+
+
+def check_table_dtype(dtype):
+  """The tables' `tf.DType` (Python `float` is tf.float32); ValueError for
+  a dtype that is not floating point."""
+  try:
+    dtype = tf.as_dtype(dtype)
+  except TypeError as e:
+    raise ValueError("dtype must be a floating-point type (float32, "
+                     "float64, float16, bfloat16), got %r" % (dtype,)) from e
+  if not dtype.is_floating:
+    raise ValueError("dtype must be a floating-point type (float32, "
+                     "float64, float16, bfloat16): the tables are embedding "
+                     "weights; got %s" % dtype.name)
+  return dtype
 
 
 def _base_name(table):
@@ -126,9 +197,11 @@ class MultiHashVariable(tf.Module):
     operation: "add", "mul" or "concat".
     complementary_strategy: "Q-R", "generalized-Q-R" or "CRT".
     out_of_range: "error" or "wrap" (ids folded into the capacity).
+    deeprec_mapping: True if ids map as in DeepRec (q = id // rows_Q).
     num_of_partitions: the number of small tables.
     dtype: a `tf.DType`.
-    capacity: the number of ids, the product of the tables' rows.
+    capacity: the number of ids, the product of the tables' rows
+      (rows_Q * rows_Q with deeprec_mapping).
     embedding_dim: width of a looked-up embedding.
     shape: `tf.TensorShape([capacity, embedding_dim])`.
     tables: the small tables, each a variable or a partitioned variable.
@@ -138,9 +211,12 @@ class MultiHashVariable(tf.Module):
   """
 
   def __init__(self, name, dims, num_of_partitions, complementary_strategy,
-               operation, dtype, tables, out_of_range="error"):
+               operation, dtype, tables, out_of_range="error",
+               deeprec_mapping=False):
     super().__init__(name="MultiHashVariable")
     self._out_of_range = multihash_ops.check_out_of_range(out_of_range)
+    self._deeprec_mapping = multihash_ops.check_deeprec_mapping(
+        deeprec_mapping, complementary_strategy, len(dims))
     self._mh_name = name
     self._dims = [list(d) for d in dims]
     self._num_of_partitions = num_of_partitions
@@ -172,6 +248,10 @@ class MultiHashVariable(tf.Module):
     return self._out_of_range
 
   @property
+  def deeprec_mapping(self):
+    return self._deeprec_mapping
+
+  @property
   def num_of_partitions(self):
     return self._num_of_partitions
 
@@ -181,7 +261,8 @@ class MultiHashVariable(tf.Module):
 
   @property
   def capacity(self):
-    return math.prod(rows for rows, _ in self._dims)
+    return multihash_ops.capacity_of([rows for rows, _ in self._dims],
+                                     self._strategy, self._deeprec_mapping)
 
   @property
   def embedding_dim(self):
@@ -205,7 +286,8 @@ class MultiHashVariable(tf.Module):
 
   @property
   def mhvconfig(self):
-    return MultiHashConfig(self.dims, self._strategy, self._operation)
+    return MultiHashConfig(self.dims, self._strategy, self._operation,
+                           self._num_of_partitions)
 
   @property
   def variables(self):
@@ -231,32 +313,39 @@ class MultiHashVariable(tf.Module):
     return {str(i): v for i, v in enumerate(self._shards)}
 
   def __repr__(self):
-    wrap = " out_of_range=wrap" if self._out_of_range == "wrap" else ""
+    extra = " out_of_range=wrap" if self._out_of_range == "wrap" else ""
+    extra += " deeprec_mapping" if self._deeprec_mapping else ""
     return ("<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
             "dtype=%s%s>" % (self._mh_name, self.dims, self._operation,
-                             self._strategy, self._dtype.name, wrap))
+                             self._strategy, self._dtype.name, extra))
 
 
-def get_multihash_variable(name,
-                           dims,
-                           num_of_partitions=2,
-                           complementary_strategy="Q-R",
-                           operation="add",
-                           dtype=tf.float32,
-                           initializer=None,
-                           regularizer=None,
-                           trainable=None,
-                           collections=None,
-                           caching_device=None,
-                           partitioner=None,
-                           validate_shape=True,
-                           use_resource=None,
-                           custom_getter=None,
-                           constraint=None,
-                           synchronization=tf.VariableSynchronization.AUTO,
-                           aggregation=tf.VariableAggregation.NONE,
-                           out_of_range="error"):
+def _get_multihash_variable(name,
+                            dims,
+                            num_of_partitions=2,
+                            complementary_strategy="Q-R",
+                            operation="add",
+                            dtype=tf.float32,
+                            initializer=None,
+                            regularizer=None,
+                            trainable=None,
+                            collections=None,
+                            caching_device=None,
+                            partitioner=None,
+                            validate_shape=True,
+                            use_resource=None,
+                            custom_getter=None,
+                            constraint=None,
+                            synchronization=tf.VariableSynchronization.AUTO,
+                            aggregation=tf.VariableAggregation.NONE,
+                            out_of_range="error",
+                            deeprec_mapping=None):
   """Creates (or, under a reusing variable scope, gets) a multi-hash variable.
+
+  The arguments may also be given in the order of DeepRec's source, which
+  has no `num_of_partitions`: `get_multihash_variable(name, dims,
+  complementary_strategy, operation, dtype, initializer, ...)`. A string in
+  third place means that order.
 
   Args:
     name: the variable's name; its small tables are `<name>/multhash_Q` and
@@ -281,6 +370,11 @@ def get_multihash_variable(name,
     out_of_range: "error" (default: an id outside [0, capacity) fails the
       lookup) or "wrap" (ids are folded into the capacity by floor-mod: the
       hashing trick beyond the capacity, complementary inside it).
+    deeprec_mapping: True maps ids as DeepRec does (k = 2 "Q-R" only):
+      q = id // rows_Q, r = id % rows_R, ids in [0, rows_Q * rows_Q), so
+      that checkpoints trained with DeepRec give the same embeddings (ids
+      collide when rows_Q != rows_R, as there). None (the default) follows
+      `set_deeprec_mapping` (False unless set).
 
   Returns:
     A `MultiHashVariable`.
@@ -290,12 +384,16 @@ def get_multihash_variable(name,
       other than 2 with "Q-R", len(dims) != num_of_partitions, a row count or
       width that is not a positive integer, unequal widths for add or mul,
       row counts that are not pairwise coprime for "CRT", a bad
-      out_of_range.
+      out_of_range, a dtype that is not floating point, a capacity beyond
+      int64 ids, deeprec_mapping=True with another strategy.
+    TypeError: arguments that do not bind to the signature.
   """
   pairs, operation = validate_config(dims, num_of_partitions,
                                      complementary_strategy, operation)
   multihash_ops.check_out_of_range(out_of_range)
-  dtype = tf.as_dtype(dtype)
+  deeprec_mapping = resolve_deeprec_mapping(
+      deeprec_mapping, complementary_strategy, len(pairs))
+  dtype = check_table_dtype(dtype)
   if initializer is None:
     width = (sum(w for _, w in pairs) if operation == "concat"
              else pairs[0][1])
@@ -315,4 +413,41 @@ def get_multihash_variable(name,
   full_name = _base_name(tables[0])[:-len("/" + suffixes[0])]
   return MultiHashVariable(full_name, pairs, num_of_partitions,
                            complementary_strategy, operation, dtype, tables,
-                           out_of_range=out_of_range)
+                           out_of_range=out_of_range,
+                           deeprec_mapping=deeprec_mapping)
+
+
+_SEED_ORDER = tuple(inspect.signature(_get_multihash_variable).parameters)
+# DeepRec's source order: the seed's without num_of_partitions.
+_DEEPREC_ORDER = tuple(n for n in _SEED_ORDER if n != "num_of_partitions")
+
+
+def bind_arguments(args, kwargs):
+  """The keyword arguments of a `get_multihash_variable(*args, **kwargs)`
+  call, positional ones named in the seed's order or, when the third one is
+  a string, in DeepRec's source order.
+
+  Raises:
+    TypeError: too many positional arguments, or one given twice.
+  """
+  order = (_DEEPREC_ORDER if len(args) > 2 and isinstance(args[2], str)
+           else _SEED_ORDER)
+  if len(args) > len(order):
+    raise TypeError("get_multihash_variable takes at most %d positional "
+                    "arguments, got %d" % (len(order), len(args)))
+  bound = dict(kwargs)
+  for arg_name, value in zip(order, args):
+    if arg_name in bound:
+      raise TypeError("get_multihash_variable got multiple values for "
+                      "argument %r" % arg_name)
+    bound[arg_name] = value
+  return bound
+
+
+def get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-docstring
+  return _get_multihash_variable(**bind_arguments(args, kwargs))
+
+
+get_multihash_variable.__doc__ = _get_multihash_variable.__doc__
+get_multihash_variable.__signature__ = inspect.signature(
+    _get_multihash_variable)

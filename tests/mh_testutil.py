@@ -192,10 +192,13 @@ def ref_grads(full_ref, ids, operation, upstream):
 
 # Any k and strategy (the references above are the k = 2 Q-R case):
 #   generalized-Q-R: table j uses (x // prod(rows[j+1:])) % rows[j];
-#   CRT:             table j uses x % rows[j] (rows pairwise coprime).
+#   CRT:             table j uses x % rows[j] (rows pairwise coprime);
+#   "deeprec":       DeepRec's k = 2 mapping, x // rows[0] and x % rows[1].
 def np_rows(ids, rows, strategy):
     """Row of every table for every id: [k, ...ids.shape]."""
     ids = np.asarray(ids, np.int64)
+    if strategy == "deeprec":
+        return [ids // rows[0], ids % rows[1]]
     out = []
     for j, r in enumerate(rows):
         if strategy == "CRT":

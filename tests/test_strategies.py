@@ -273,7 +273,7 @@ def test_checkpoint_round_trip_k3(tfmh, tmp_path, rng):
     (dict(dims=[[3, 2], [5, 2]], complementary_strategy="crt"),
      r"The strategy crt is not supported"),
     (dict(dims=[[3, 2], [5, 2]], out_of_range="clip"),
-     r"out_of_range must be \"error\" or \"wrap\", got 'clip'"),
+     r"out_of_range must be one of \"error\", \"wrap\", got 'clip'"),
 ])
 def test_bad_configs(tfmh, kwargs, match):
     with pytest.raises(ValueError, match=match):

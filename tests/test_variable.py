@@ -306,9 +306,11 @@ def test_partitioned_eager(tfmh, rng):
 # ---------------------------------------------------- configuration errors
 CONFIG_ERRORS = [
     ("strategy", dict(dims=[[2, 2], [2, 2]], complementary_strategy="X-Y"),
-     r"^The strategy X-Y is not supported$"),
+     r'^The strategy X-Y is not supported; complementary_strategy must be one of '
+     r'"Q-R", "generalized-Q-R", "CRT"$'),
     ("operation", dict(dims=[[2, 2], [2, 2]], operation="sub"),
-     r"^The operation sub is not supported$"),
+     r'^The operation sub is not supported; operation must be one of "add", "mul", '
+     r'"concat"'),
     ("qr_three_partitions", dict(dims=[[2, 2], [2, 2], [2, 2]], num_of_partitions=3), r"."),
     ("len_dims_3", dict(dims=[[2, 2], [2, 2], [2, 2]], num_of_partitions=2), r"."),
     ("len_dims_1", dict(dims=[[2, 2]], num_of_partitions=2), r"."),

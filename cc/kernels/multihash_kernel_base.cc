@@ -21,8 +21,10 @@ MultiHashKernelBase::MultiHashKernelBase(OpKernelConstruction* ctx)
   } else if (operation == "concat") {
     combine_ = tfmh::Combine::kConcat;
   } else {
-    ctx->CtxFailure(absl::InvalidArgumentError(
-        absl::StrCat("The operation ", operation, " is not supported")));
+    ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(
+        "The operation ", operation,
+        " is not supported; operation must be one of \"add\", \"mul\", "
+        "\"concat\"")));
     return;
   }
   if (strategy == "Q-R") {
@@ -32,9 +34,23 @@ MultiHashKernelBase::MultiHashKernelBase(OpKernelConstruction* ctx)
   } else if (strategy == "CRT") {
     strategy_ = tfmh::Strategy::kCRT;
   } else {
-    ctx->CtxFailure(absl::InvalidArgumentError(
-        absl::StrCat("The strategy ", strategy, " is not supported")));
+    ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(
+        "The strategy ", strategy,
+        " is not supported; complementary_strategy must be one of \"Q-R\", "
+        "\"generalized-Q-R\", \"CRT\"")));
     return;
+  }
+  // Graphs saved before the attribute existed have no value: the default.
+  bool deeprec_mapping = false;
+  if (ctx->HasAttr("deeprec_mapping")) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("deeprec_mapping", &deeprec_mapping));
+  }
+  if (deeprec_mapping) {
+    OP_REQUIRES(ctx, strategy_ == tfmh::Strategy::kQR,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "deeprec_mapping needs complementary_strategy \"Q-R\", "
+                    "got \"", strategy, "\"")));
+    strategy_ = tfmh::Strategy::kDeepRecQR;
   }
   std::vector<int64_t> widths, shards;
   OP_REQUIRES_OK(ctx, ctx->GetAttr("table_rows", &table_rows_));
@@ -150,7 +166,11 @@ absl::Status MultiHashKernelBase::OutOfRangeError(const tfmh::Layout& layout,
   return absl::InvalidArgumentError(absl::StrCat(
       "ids[", position, "] = ", id, " is out of range: ids must be in [0, ",
       layout.capacity, "), the capacity of tables with [",
-      absl::StrJoin(table_rows_, ", "), "] rows"));
+      absl::StrJoin(table_rows_, ", "), "] rows",
+      strategy_ == tfmh::Strategy::kDeepRecQR
+          ? " under DeepRec's mapping (rows_Q * rows_Q)"
+          : "",
+      "; out_of_range=\"wrap\" folds larger ids into that range"));
 }
 
 }  // namespace multihash

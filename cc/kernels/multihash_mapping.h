@@ -29,7 +29,17 @@ enum class Combine : int32_t { kAdd = 0, kMul = 1, kConcat = 2 };
 //   kQR, kGeneralizedQR: divisor[j] = prod(rows[j+1:]) (mixed radix; for k = 2
 //                        this is q = id / rows_R, r = id % rows_R);
 //   kCRT:                divisor[j] = 1 (rows pairwise coprime).
-enum class Strategy : int32_t { kQR = 0, kGeneralizedQR = 1, kCRT = 2 };
+//   kDeepRecQR:          k = 2, divisor = {rows_Q, 1}: DeepRec's own Q-R
+//                        mapping, q = id / rows_Q, r = id % rows_R, for
+//                        checkpoints trained with DeepRec. Ids are in
+//                        [0, rows_Q * rows_Q) (so q < rows_Q); two ids share
+//                        a row pair when rows_Q != rows_R, exactly as there.
+enum class Strategy : int32_t {
+  kQR = 0,
+  kGeneralizedQR = 1,
+  kCRT = 2,
+  kDeepRecQR = 3
+};
 
 // Everything a kernel needs to know about the small tables, by value.
 struct Layout {
@@ -198,7 +208,8 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
     return "the number of tables must be in [2, " + num(kMaxTables) +
            "], got " + num(num_tables);
   }
-  if (strategy == Strategy::kQR && num_tables != 2) {
+  if ((strategy == Strategy::kQR || strategy == Strategy::kDeepRecQR) &&
+      num_tables != 2) {
     return "the Q-R strategy needs exactly 2 tables, got " + num(num_tables);
   }
   *l = Layout();
@@ -265,6 +276,16 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
         }
       }
     }
+  }
+  if (strategy == Strategy::kDeepRecQR) {
+    if (rows[0] > INT64_MAX / rows[0]) {
+      return "rows_Q * rows_Q (the capacity of DeepRec's mapping) overflows "
+             "int64";
+    }
+    l->divisor[0] = rows[0];
+    l->divisor[1] = 1;
+    l->capacity = rows[0] * rows[0];
+    return "";
   }
   // capacity = prod(rows); mixed-radix divisors are suffix products.
   int64_t capacity = 1;

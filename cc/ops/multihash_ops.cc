@@ -97,6 +97,9 @@ complementary_strategy: how an id picks its rows. "Q-R" (k = 2): table 0 uses
   (mixed radix, any k): table j uses (id // prod(table_rows[j+1:])) %
   table_rows[j]. "CRT" (pairwise coprime row counts): table j uses
   id % table_rows[j]. The capacity is prod(table_rows) for all three.
+deeprec_mapping: with "Q-R" only: DeepRec's mapping, table 0 uses
+  id // table_rows[0] and table 1 uses id % table_rows[1], for ids in
+  [0, table_rows[0]**2). Two ids share both rows when the row counts differ.
 table_rows: logical rows of each table (the sum of its shards' rows).
 table_widths: columns of each table.
 num_shards: how many consecutive entries of `tables` belong to each table.
@@ -116,6 +119,7 @@ REGISTER_OP("MultiHashLookup")
     .Attr("table_rows: list(int) >= 2")
     .Attr("table_widths: list(int) >= 2")
     .Attr("num_shards: list(int) >= 2")
+    .Attr("deeprec_mapping: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       MultiHashAttrs a;
       TF_RETURN_IF_ERROR(ReadAttrs(c, &a));
@@ -151,6 +155,7 @@ REGISTER_OP("MultiHashLookupGrad")
     .Attr("table_rows: list(int) >= 2")
     .Attr("table_widths: list(int) >= 2")
     .Attr("num_shards: list(int) >= 2")
+    .Attr("deeprec_mapping: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       MultiHashAttrs a;
       TF_RETURN_IF_ERROR(ReadAttrs(c, &a));

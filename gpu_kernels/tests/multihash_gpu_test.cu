@@ -524,9 +524,11 @@ int main(int argc, char** argv) {
             // Tables.
             std::vector<int64_t> rows = k == 2 ? std::vector<int64_t>{61, 53}
                                                : std::vector<int64_t>{13, 11, 7};
-            const Strategy st = k == 2 ? Strategy::kQR
-                                       : (combo % 4 == 1 ? Strategy::kCRT
-                                                         : Strategy::kGeneralizedQR);
+            // k = 2 alternates our Q-R with DeepRec's mapping (rows 61, 53:
+            // colliding ids, capacity 61 * 61).
+            const Strategy st =
+                k == 2 ? (combo % 4 == 2 ? Strategy::kDeepRecQR : Strategy::kQR)
+                       : (combo % 4 == 1 ? Strategy::kCRT : Strategy::kGeneralizedQR);
             std::vector<int32_t> widths, widths_big;
             if (op != Combine::kConcat) {
               static const int32_t ws[] = {8, 5, 16, 160, 1, 12};
@@ -552,8 +554,9 @@ int main(int argc, char** argv) {
             }
             const bool misalign = multi && (combo % 2 == 1);
             char prefix[160];
-            std::snprintf(prefix, sizeof(prefix), "%s %s %s k=%d %s w=%d%s", DName(dt),
+            std::snprintf(prefix, sizeof(prefix), "%s %s %s k=%d%s %s w=%d%s", DName(dt),
                           it == IdType::kInt32 ? "i32" : "i64", OpName(op), k,
+                          st == Strategy::kDeepRecQR ? " deeprec" : "",
                           multi ? "multi-shard" : "1-shard", widths[0],
                           misalign ? " misaligned" : "");
             Tables t, tb;
