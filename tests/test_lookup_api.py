@@ -210,17 +210,24 @@ def test_safe_default_id(tfmh, rng, fn):
     np.testing.assert_allclose(y, want, **TOL)
 
 
-def test_safe_prunes_invalid_ids_and_weights(tfmh, rng):
-    """As stock TF: ids < 0 and weights <= 0 are dropped, not errors."""
+@pytest.mark.parametrize("combiner", ["sum", "mean"])
+def test_safe_prunes_invalid_ids_and_weights(tfmh, rng, combiner):
+    """As TensorFlow: ids < 0 are dropped, not errors; weights <= 0 are
+    dropped only when the combiner is not "sum" (under "sum" row 2, whose
+    only id has weight 0, is not empty: zeros, not default_id's row)."""
     v, arrays = _mhv(tfmh, rng, "add")
     sp_ids = tf.SparseTensor([[0, 0], [0, 1], [1, 0], [2, 0]],
                              tf.constant([4, -1, 6, 8], tf.int64), [3, 2])
     sp_w = tf.SparseTensor([[0, 0], [0, 1], [1, 0], [2, 0]],
                            tf.constant([2.0, 1.0, 1.0, 0.0]), [3, 2])
-    y = tf.nn.safe_embedding_lookup_sparse(v, sp_ids, sp_w, combiner="sum").numpy()
+    y = tf.nn.safe_embedding_lookup_sparse(v, sp_ids, sp_w, combiner=combiner,
+                                           default_id=9).numpy()
     want = np.zeros((3, 4))
-    want[0] = 2.0 * np_lookup(arrays, np.array([4]), "add")[0]
+    emb4 = np_lookup(arrays, np.array([4]), "add")[0]
+    want[0] = 2.0 * emb4 if combiner == "sum" else emb4
     want[1] = np_lookup(arrays, np.array([6]), "add")[0]
+    if combiner != "sum":
+        want[2] = np_lookup(arrays, np.array([9]), "add")[0]
     np.testing.assert_allclose(y, want, **TOL)
 
 
