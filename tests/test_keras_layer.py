@@ -1,12 +1,16 @@
-"""The Keras 3 layer `tfmh.keras.MultiHashEmbedding` (issue #10): values
-against a NumPy reference, sizing from num_ids, masking, config round trip,
-.keras save/load, model.export served in a fresh process, model.fit with
-sparse gradients, and the errors for bad arguments."""
+"""The Keras 3 layer `tfmh.keras.MultiHashEmbedding` (issues #10 and #20):
+values against a NumPy reference, sizing from num_ids, masking, config round
+trip, .keras save/load, model.export served in a fresh process, model.fit
+with sparse gradients, the errors for bad arguments; the constructor of
+`keras.layers.Embedding` (input_dim), ids bounded by num_ids, uint64 ids,
+the default initial scale and string ids. Checkpoints are in
+test_keras_checkpoint.py, XLA in test_keras_xla.py."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -228,18 +232,26 @@ def test_out_of_range_id_is_an_error(rng):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(), ValueError, "give either dims or both num_ids and output_dim"),
+    (dict(), ValueError, r"needs input_dim \(or num_ids\) and output_dim, or dims"),
     (dict(num_ids=100), ValueError, "output_dim=None"),
+    (dict(input_dim=100, num_ids=101, output_dim=4), ValueError,
+     "input_dim and num_ids are two names of one argument.*input_dim=100 and num_ids=101"),
+    (dict(input_dim=10.5, output_dim=4), ValueError, "input_dim must be a positive integer"),
+    (dict(input_dim=2**63, output_dim=4), ValueError, r"at most 2\*\*63 - 1"),
+    (dict(input_dim=10, output_dim=4, weights=[np.ones((10, 4))]), ValueError,
+     "no weights argument"),
+    (dict(input_dim=10, output_dim=4, hash_strings=1), ValueError,
+     "hash_strings must be True or False"),
     (dict(num_ids=0, output_dim=4), ValueError, "num_ids must be a positive integer, got 0"),
     (dict(num_ids=10, output_dim=2.5), ValueError, "output_dim must be a positive integer"),
     (dict(dims=DIMS["add"], num_collisions=3), ValueError, "num_collisions=3"),
     (dict(dims=DIMS["add"], output_dim=8), ValueError, "output_dim=8 does not match"),
     (dict(dims=DIMS["add"], num_ids=16), ValueError,
-     "num_ids=16 exceeds the capacity 15"),
+     r"input_dim \(num_ids\) 16 exceeds the capacity 15"),
     (dict(dims=DIMS["add"], operation="max"), ValueError,
-     "The operation max is not supported"),
+     r"The operation '?max'? is not supported.*must be one of"),
     (dict(dims=DIMS["add"], complementary_strategy="X"), ValueError,
-     "The strategy X is not supported"),
+     r"The strategy '?X'? is not supported.*must be one of"),
     (dict(dims=DIMS["add"], out_of_range="clip"), ValueError, "out_of_range"),
     (dict(dims=DIMS["concat"], operation="add"), ValueError, "equal widths"),
     (dict(dims=[[3, 4], [0, 4]]), ValueError, r"dims\[1\] rows"),
@@ -267,3 +279,158 @@ def test_package_imports_without_keras():
     p = subprocess.run([sys.executable, "-c", code], cwd="/", env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "OK", p.stderr[-3000:]
+
+
+# --- Issue #20: a drop-in for keras.layers.Embedding --------------------------------
+
+
+def test_constructor_is_keras_embeddings(rng):
+    """input_dim and output_dim positionally or by keyword, num_ids the same
+    argument; no Keras warning; the next four arguments in Embedding's order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layers = [MHE(1000, 8), MHE(input_dim=1000, output_dim=8), MHE(num_ids=1000, output_dim=8),
+                  MHE(1000, 8, num_ids=1000), MHE(1e3, 8)]
+        for layer in layers:
+            assert (layer.num_ids, layer.input_dim, layer.output_dim) == (1000, 1000, 8)
+            assert layer.dims == tfmh.multihash_dims(1000, 8, operation="mul")
+            assert layer(np.array([[3, 999]])).shape == (1, 2, 8)
+        layer = MHE(1000, 8, "ones", keras.regularizers.L2(0.5), keras.constraints.NonNeg(), True)
+        layer.build()
+        assert all(np.all(t.numpy() == 1) for t in layer.tables)
+        assert isinstance(layer.embeddings_regularizer, keras.regularizers.L2)
+        assert isinstance(layer.embeddings_constraint, keras.constraints.NonNeg)
+        assert layer.mask_zero
+    # The same call as keras.layers.Embedding (input_length is dropped with
+    # Keras's own deprecation warning).
+    with pytest.warns(UserWarning, match="input_length"):
+        MHE(1000, 8, input_length=5)
+    assert MHE.from_config(MHE(1000, 8).get_config()).num_ids == 1000
+
+
+def _ids_error(layer, ids, bad):
+    return pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r"id %d is outside the valid range \[0, 1000\).*"
+                               r"out_of_range=\\?\"wrap\\?\"" % bad)
+
+
+def test_num_ids_bounds_ids_below_the_capacity(rng):
+    layer = MHE(1000, 8)
+    layer.build()
+    assert layer.capacity == 1024
+    ok = np.array([0, 999, 512])
+    want = np_reference([w.numpy() for w in layer.tables], ok, "mul")
+    np.testing.assert_allclose(layer(ok).numpy(), want, rtol=1e-6, atol=1e-7)
+    with _ids_error(layer, None, 1000):  # eager
+        layer(np.array([5, 1000, 1023]))
+    with _ids_error(layer, None, 1001):  # tf.function; negative ids too
+        tf.function(layer)(tf.constant([[5, 1001], [-1, 2]], tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"id -3 is outside"):
+        layer(np.array([-3, 5], np.int32))
+    inp = keras.Input(shape=(2,), dtype="int64")
+    model = keras.Model(inp, layer(inp))
+    with _ids_error(layer, None, 1000):
+        model.predict(np.array([[1, 2], [3, 1000]]), verbose=0)
+    # With "wrap" the same ids are folded into the capacity (1000 is a row).
+    wrap = MHE(1000, 8, out_of_range="wrap")
+    wrap.build()
+    wrap.set_weights(layer.get_weights())
+    ids = np.array([1000, 1023, 1024, -1])
+    want = np_reference([w.numpy() for w in layer.tables], ids % 1024, "mul")
+    np.testing.assert_allclose(wrap(ids).numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_uint64_ids_wrap_in_unsigned_arithmetic(rng):
+    layer = random_layer("add", rng, out_of_range="wrap")  # capacity 15
+    big = np.array([2**64 - 1, 2**63, 2**63 + 7, 14], np.uint64)
+    want_ids = np.array([int(x) % 15 for x in big])
+    assert want_ids.tolist() == [0, 8, 0, 14]
+    want = np_reference([w.numpy() for w in layer.tables], want_ids, "add")
+    np.testing.assert_allclose(layer(big).numpy(), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tf.function(layer)(tf.constant(big)).numpy(), want,
+                               rtol=1e-6, atol=1e-6)
+    # Capacity 12: (2**64 - 1) % 12 == 3.
+    twelve = MHE(dims=[[3, 2], [4, 2]], operation="concat", out_of_range="wrap")
+    np.testing.assert_array_equal(twelve(np.array([2**64 - 1], np.uint64)).numpy(),
+                                  twelve(np.array([3])).numpy())
+    # With "error" a uint64 id beyond int64 is named as it is, not as -1.
+    strict = random_layer("add", rng)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"id 18446744073709551615 is outside the valid range \[0, 15\)"):
+        strict(np.array([3, 2**64 - 1], np.uint64))
+    np.testing.assert_array_equal(strict(np.array([3, 14], np.uint64)).numpy(),
+                                  strict(np.array([3, 14])).numpy())
+
+
+# --- Issue #20: the initial scale --------------------------------------------------
+
+
+def _output_std(layer, num_ids):
+    ids = np.arange(min(num_ids, 20000))
+    return float(np.std(layer(ids).numpy()))
+
+
+@pytest.mark.parametrize("operation", ["add", "mul", "concat"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_default_initial_scale_matches_keras_embedding(operation, k):
+    keras.utils.set_random_seed(k)
+    reference = _output_std(keras.layers.Embedding(5000, 16), 5000)
+    assert abs(reference - 0.05 / np.sqrt(3)) < 0.002  # U(-0.05, 0.05)
+    strategy = "Q-R" if k == 2 else "generalized-Q-R"
+    layer = MHE(20000, 16, operation=operation, num_of_partitions=k,
+                complementary_strategy=strategy)
+    std = _output_std(layer, 20000)
+    assert reference / 3 < std < 3 * reference, (operation, k, std, reference)
+    # The formula gives the reference's std; only sampling moves it (the
+    # tables of k = 4 have 12 rows, so their draw varies most).
+    assert abs(std / reference - 1) < 0.35, (operation, k, std, reference)
+
+
+def test_keras_uniform_on_every_table_is_what_the_default_avoids():
+    """Keras's "uniform" on both tables of a mul layer gives the tiny output
+    of issue #20 (std 0.029**2 = 8e-4); it is still there when asked for."""
+    keras.utils.set_random_seed(7)
+    layer = MHE(20000, 16, embeddings_initializer="uniform")
+    std = _output_std(layer, 20000)
+    assert 5e-4 < std < 1.2e-3, std
+    assert layer.get_config()["embeddings_initializer"]["class_name"] == "RandomUniform"
+    assert MHE(20000, 16).get_config()["embeddings_initializer"] is None
+
+
+# --- Issue #20: string ids -----------------------------------------------------------
+
+
+def test_hash_strings(rng):
+    words = np.array([["apple", "pear", ""], ["kiwi", "apple", "fig"]])
+    layer = MHE(1000, 8, hash_strings=True, mask_zero=True)
+    hashed = tf.strings.to_hash_bucket_fast(words, 1000).numpy()
+    assert hashed.max() < 1000 and hashed[0, 0] == hashed[1, 1]
+    np.testing.assert_array_equal(layer(words).numpy(), layer(hashed).numpy())
+    np.testing.assert_array_equal(layer.compute_mask(tf.constant(words)).numpy(), words != "")
+    # keras.layers.Hashing(num_bins=input_dim) gives the same ids.
+    np.testing.assert_array_equal(keras.layers.Hashing(num_bins=1000)(words).numpy(), hashed)
+    # "wrap": hashed into the capacity (here 1024), not into num_ids.
+    wrap = MHE(1000, 8, hash_strings=True, out_of_range="wrap")
+    assert wrap.capacity == 1024
+    np.testing.assert_array_equal(
+        wrap(words).numpy(), wrap(tf.strings.to_hash_bucket_fast(words, 1024)).numpy())
+    assert not np.array_equal(tf.strings.to_hash_bucket_fast(words, 1024).numpy(), hashed)
+    with pytest.raises(TypeError, match="pass hash_strings=True"):
+        MHE(1000, 8)(words)
+
+
+def test_string_model_fits_saves_and_reloads(rng, tmp_path):
+    keras.utils.set_random_seed(3)
+    inp = keras.Input(shape=(2,), dtype="string")
+    emb = MHE(500, 4, hash_strings=True, name="mh")
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(emb(inp))))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.5), loss="mse")
+    x = tf.constant([["a", "b"], ["c", "d"], ["a", "d"]] * 4)
+    y = np.array([[1.0], [-1.0], [0.5]] * 4, np.float32)
+    hist = model.fit(x, y, epochs=10, batch_size=4, verbose=0)
+    assert hist.history["loss"][-1] < 0.5 * hist.history["loss"][0]
+    path = str(tmp_path / "s.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("mh").hash_strings
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

@@ -1,0 +1,149 @@
+"""The multi-hash lookup from stock TensorFlow ops, for XLA.
+
+XLA compiles no custom kernel, so `MultiHashLookup` cannot run inside a
+`tf.function(jit_compile=True)` or a Keras model compiled with
+`jit_compile=True` (Keras's default "auto" turns XLA on whenever a GPU is
+present). Inside such an XLA context `multihash_ops.multihash_lookup` calls
+`lookup` below instead, which computes the same numbers from ops XLA
+compiles and fuses:
+
+  row_j = (id // divisor_j) % rows_j        (multihash_ops.table_divisors)
+  part_j = tf.gather(table_j, row_j)
+  out = part_0 op part_1 op ... op part_{k-1}   (left to right, as the kernel)
+
+float16 and bfloat16 parts are combined in float32 and the result is rounded
+once, as the fused kernel does. The gradient is TensorFlow's own gradient of
+these ops: a `tf.IndexedSlices` per table (not summed per distinct row, so
+an optimizer's scatter adds up repeated rows).
+
+Out-of-range ids under XLA: XLA cannot raise a run-time error. It compiles
+`tf.debugging` assertions to nothing (with a warning) and its gather clamps
+indices into the table. So with out_of_range="error" an id outside
+[0, capacity) is not clamped and not wrapped: its embedding is NaN in every
+element (the tables are never read outside their rows, and no table row
+receives a gradient from it). The loss of a batch holding such an id is NaN,
+which `keras.callbacks.TerminateOnNaN` stops on. Use out_of_range="wrap" for
+ids that may lie outside the range, or check ids before the compiled step.
+"""
+
+import tensorflow as tf
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import control_flow_util
+
+from tensorflow_multihash import multihash_ops
+
+_HALF_TYPES = (tf.float16, tf.bfloat16)
+
+
+def in_xla_context():
+  """Whether ops built now are compiled by XLA.
+
+  True inside `tf.function(jit_compile=True)` (Keras's `jit_compile=True`
+  train, test and predict functions are such functions), also in a plain
+  `tf.function` called from one; False in eager mode, in a plain
+  `tf.function` and in TF1 graphs.
+  """
+  if tf.executing_eagerly():
+    return False
+  return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
+def _dtype_max(dtype):
+  return dtype.max
+
+
+def valid_ids(ids, bound):
+  """A bool tensor like `ids`: `0 <= id < bound` (unsigned ids: `id < bound`)."""
+  ids = tf.convert_to_tensor(ids)
+  below = (tf.less(ids, tf.constant(bound, ids.dtype))
+           if bound <= _dtype_max(ids.dtype) else tf.ones_like(ids, tf.bool))
+  if ids.dtype.is_unsigned:
+    return below
+  return tf.logical_and(tf.greater_equal(ids, tf.zeros_like(ids)), below)
+
+
+def nan_where_invalid(embeddings, valid):
+  """`embeddings` with every element of the rows where `valid` is False set
+  to NaN; the gradient reaches only the valid rows."""
+  nan = tf.constant(float("nan"), embeddings.dtype)
+  return tf.where(tf.expand_dims(valid, -1), embeddings, nan)
+
+
+def _rows_of(ids, divisor, rows):
+  """(ids // divisor) % rows, in ids' dtype when the numbers fit."""
+  if ids.dtype == tf.int32 and max(divisor, rows) > 2**31 - 1:
+    ids = tf.cast(ids, tf.int64)
+  x = ids
+  if divisor != 1:
+    x = tf.math.floordiv(x, tf.constant(divisor, x.dtype))
+  return tf.math.floormod(x, tf.constant(rows, x.dtype))
+
+
+def _gather_table(shards, row):
+  """Rows `row` of a table given as row shards (contiguous blocks)."""
+  if len(shards) == 1:
+    return tf.gather(shards[0], row)
+  # Each shard gathers with its local row clamped into it, and the shard
+  # that owns the row is selected; the other shards' gathers get a zero
+  # gradient. (tf.dynamic_partition, which the sharded stock lookup uses,
+  # has no static output shape and does not compile.)
+  out, offset = None, 0
+  for shard in shards:
+    n = tf.compat.dimension_value(shard.shape[0])
+    local = tf.clip_by_value(row - offset, 0, n - 1)
+    part = tf.gather(shard, local)
+    if out is None:
+      out = part
+    else:
+      owned = tf.expand_dims(tf.greater_equal(row, offset), -1)
+      out = tf.where(owned, part, out)
+    offset += n
+  return out
+
+
+def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
+           out_of_range="error", deeprec_mapping=False):
+  """`multihash_ops.multihash_lookup` from stock ops that XLA compiles.
+
+  Takes the same arguments and gives the same numbers, in and out of XLA;
+  `multihash_ops.multihash_lookup` calls it inside an XLA context. See the
+  module docstring for what an out-of-range id gives with
+  out_of_range="error".
+
+  Raises:
+    ValueError, TypeError: as `multihash_ops.multihash_lookup`.
+  """
+  operation = multihash_ops.canonical_operation(operation)
+  multihash_ops.check_strategy(complementary_strategy)
+  multihash_ops.check_out_of_range(out_of_range)
+  # pylint: disable=protected-access
+  ids = multihash_ops._ids_tensor(ids)
+  # pylint: enable=protected-access
+  shards, rows, widths, dtype = multihash_ops.describe_tables(tables)
+  multihash_ops.check_widths(operation, widths)
+  multihash_ops.check_rows(rows, complementary_strategy)
+  multihash_ops.check_deeprec_mapping(deeprec_mapping, complementary_strategy,
+                                      len(rows))
+  capacity = multihash_ops.capacity_of(rows, complementary_strategy,
+                                       deeprec_mapping)
+  divisors = multihash_ops.table_divisors(rows, complementary_strategy,
+                                          deeprec_mapping)
+  valid = None
+  if out_of_range == "wrap":
+    ids = multihash_ops.wrap_ids(ids, capacity)
+  else:
+    valid = valid_ids(ids, capacity)
+  parts = [_gather_table(s, _rows_of(ids, d, r))
+           for s, d, r in zip(shards, divisors, rows)]
+  if operation == "concat":
+    out = tf.concat(parts, axis=-1)
+  else:
+    if dtype in _HALF_TYPES:
+      parts = [tf.cast(p, tf.float32) for p in parts]
+    out = parts[0]
+    for p in parts[1:]:
+      out = out * p if operation == "mul" else out + p
+    out = tf.cast(out, dtype)
+  if valid is not None:
+    out = nan_where_invalid(out, valid)
+  return out
