@@ -292,6 +292,11 @@ def multihash_lookup(tables, ids, operation="add",
     TypeError: ids that are not int32 or int64.
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity).
   """
+  from tensorflow_multihash import xla_lookup  # pylint: disable=g-import-not-at-top
+  if xla_lookup.in_xla_context():  # XLA compiles no custom op: stock ops.
+    with ops.name_scope(name, "MultiHashLookup"):
+      return xla_lookup.lookup(tables, ids, operation, complementary_strategy,
+                               out_of_range, deeprec_mapping)
   operation = canonical_operation(operation)
   check_strategy(complementary_strategy)
   check_out_of_range(out_of_range)
