@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Sets up everything needed to build and use tensorflow_multihash, then builds
 # the op library and copies it into the Python package:
-#   1. Bazel (Debian's bazel-bootstrap 4.2.3 + its rules), if missing;
-#   2. a Python with tensorflow 2.21, numpy, pytest, tf_keras, setuptools, wheel: $PYTHON_BIN_PATH if
-#      set, else .venv/ at the repo root (created if missing); a .pth file in
-#      a virtual environment's site-packages puts the repo root on sys.path;
+#   1. a Python: $PYTHON_BIN_PATH if set, else .venv/ at the repo root
+#      (created if missing). Its TensorFlow is used as it is and never
+#      changed; it must be a supported release, 2.16 to 2.21
+#      (docs/tensorflow_versions.md), else configure.sh stops before installing
+#      anything. Only where there is none, tensorflow 2.21 is installed.
+#      Added if missing: numpy, pytest, setuptools, wheel, auditwheel, and
+#      tf_keras of the TensorFlow's own release (tf_keras==2.X.*), all with
+#      the installed TensorFlow pinned. A .pth file in a virtual environment's
+#      site-packages puts the repo root on sys.path;
+#   2. Bazel (Debian's bazel-bootstrap 4.2.3 + its rules), if missing;
 #   3. .bazelrc (git-ignored) with the TensorFlow flags from tf.sysconfig, the
 #      local CUDA toolkit ($CUDA_HOME, else nvcc on PATH; none: CPU only) and
 #      the overrides that keep the build offline;
@@ -33,7 +39,12 @@ for arg in "$@"; do
   esac
 done
 
-TF_REQUIREMENT="tensorflow==2.21.*"
+# Supported TensorFlow releases (docs/tensorflow_versions.md), and the one
+# installed where there is none.
+TF_MIN_MINOR=16
+TF_MAX_MINOR=21
+TF_RANGE="2.$TF_MIN_MINOR to 2.$TF_MAX_MINOR"
+TF_DEFAULT="2.$TF_MAX_MINOR"
 
 log() { echo "==> $*"; }
 die() { echo "configure.sh: error: $*" >&2; exit 1; }
@@ -55,19 +66,6 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
-# ------------------------------------------------------------------- Bazel
-RULES_JAVA_DIR=/usr/share/bazel/rules/java
-PLATFORMS_DIR=/usr/share/bazel/tools/platforms
-missing_pkgs=()
-command -v bazel >/dev/null 2>&1 || missing_pkgs+=(bazel-bootstrap)
-[ -f "$RULES_JAVA_DIR/WORKSPACE" ] || missing_pkgs+=(bazel-rules-java)
-[ -f "$PLATFORMS_DIR/WORKSPACE" ] || missing_pkgs+=(bazel-platforms)
-command -v g++ >/dev/null 2>&1 || missing_pkgs+=(g++)
-if [ "${#missing_pkgs[@]}" -gt 0 ]; then
-  apt_install "${missing_pkgs[@]}"
-fi
-command -v bazel >/dev/null 2>&1 || die "bazel is still not on PATH"
-
 # ------------------------------------------------------------------ Python
 if [ -n "${PYTHON_BIN_PATH:-}" ]; then
   PYTHON="$PYTHON_BIN_PATH"
@@ -88,20 +86,121 @@ else
   fi
 fi
 
+# A TensorFlow already there is never changed: it must be in the supported
+# range (checked before anything is installed), and what is added next to it
+# is pinned to its release. Where there is none, the default is installed.
+# The version comes from importing it; the distributions that own the
+# `tensorflow` package (tensorflow, tensorflow-cpu, ...) and tf_keras's
+# version from the package metadata.
+TF_PROBE="$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" - <<'EOF' 2>/dev/null
+import importlib.util
+import sys
+try:
+    import importlib.metadata as md
+except ImportError:
+    md = None
+try:
+    print("tf_keras=" + md.version("tf_keras"))
+except Exception:
+    print("tf_keras=")
+spec = importlib.util.find_spec("tensorflow")
+if spec is None or spec.origin is None:  # none, or a leftover directory
+    print("state=absent")
+    sys.exit(0)
+try:
+    dists = sorted(set(md.packages_distributions().get("tensorflow", [])))
+    print("pins=" + " ".join("%s==%s" % (d, md.version(d)) for d in dists))
+except Exception:  # Python 3.9 has no packages_distributions
+    pass
+try:
+    import tensorflow as tf
+    print("version=" + tf.__version__)
+    print("state=present")
+except Exception as e:
+    print("state=broken")
+    print("error=%s: %s" % (type(e).__name__, (str(e).splitlines() or [""])[0]))
+EOF
+)" || die "could not run $PYTHON"
+probe_get() { printf '%s\n' "$TF_PROBE" | sed -n "s/^$1=//p"; }
+TF_STATE="$(probe_get state)"
+TF_FOUND="$(probe_get version)"
+case "$TF_STATE" in
+  absent)
+    TF_RELEASE="$TF_DEFAULT"
+    ;;
+  present)
+    TF_RELEASE="$(printf '%s\n' "$TF_FOUND" | sed -n 's/^\([0-9]*\.[0-9]*\).*/\1/p')"
+    tf_major="${TF_RELEASE%%.*}"
+    tf_minor="${TF_RELEASE#*.}"
+    if [ -z "$TF_RELEASE" ] || [ "$tf_major" != 2 ] ||
+       [ "$tf_minor" -lt "$TF_MIN_MINOR" ] || [ "$tf_minor" -gt "$TF_MAX_MINOR" ]; then
+      die "$PYTHON has TensorFlow $TF_FOUND, outside the supported range $TF_RANGE.
+  configure.sh changes no installed TensorFlow and installed nothing. Use a Python
+  with TensorFlow $TF_RANGE (PYTHON_BIN_PATH=...), or one without TensorFlow, where
+  it installs $TF_DEFAULT (see docs/tensorflow_versions.md)."
+    fi
+    ;;
+  *)
+    die "$PYTHON has a TensorFlow that cannot be imported ($(probe_get error)).
+  configure.sh changes no installed TensorFlow and installed nothing: repair it
+  (e.g. pip install --force-reinstall of the same version) or use another Python."
+    ;;
+esac
+
 missing_py=()
-"$PYTHON" -c "import tensorflow" >/dev/null 2>&1 || missing_py+=("$TF_REQUIREMENT")
+[ "$TF_STATE" = absent ] && missing_py+=("tensorflow==$TF_RELEASE.*")
 "$PYTHON" -c "import numpy" >/dev/null 2>&1 || missing_py+=(numpy)
 "$PYTHON" -c "import pytest" >/dev/null 2>&1 || missing_py+=(pytest)
-# For the tests of the feature columns with tf_keras.layers.DenseFeatures.
-"$PYTHON" -c "import tf_keras" >/dev/null 2>&1 || missing_py+=("tf_keras==2.21.*")
-# For ./build_wheel.sh (pip wheel --no-build-isolation) and its test.
+# For ./build_wheel.sh (pip wheel --no-build-isolation; auditwheel for the
+# manylinux tag) and its test.
 "$PYTHON" -c "import setuptools" >/dev/null 2>&1 || missing_py+=(setuptools)
 "$PYTHON" -c "import setuptools.command.bdist_wheel" >/dev/null 2>&1 ||
   "$PYTHON" -c "import wheel.bdist_wheel" >/dev/null 2>&1 || missing_py+=(wheel)
-if [ "${#missing_py[@]}" -gt 0 ]; then
-  log "pip install ${missing_py[*]}"
-  "$PYTHON" -m pip install -q "${missing_py[@]}"
+"$PYTHON" -c "import auditwheel" >/dev/null 2>&1 || missing_py+=(auditwheel)
+# For the tests of the feature columns with tf_keras.layers.DenseFeatures:
+# the tf_keras of the same release (each requires its TensorFlow minor).
+TF_KERAS="$(probe_get tf_keras)"
+case "$TF_KERAS" in
+  "$TF_RELEASE"|"$TF_RELEASE".*) TF_KERAS_REQ="" ;;
+  *) TF_KERAS_REQ="tf_keras==$TF_RELEASE.*" ;;
+esac
+if [ "$TF_STATE" = absent ]; then
+  missing_py+=($TF_KERAS_REQ)
+  TF_KERAS_REQ=""
 fi
+if [ "${#missing_py[@]}" -gt 0 ] || [ -n "$TF_KERAS_REQ" ]; then
+  # With a TensorFlow there, a constraint file pins it (and the distribution
+  # that provides it) to its installed version, so no dependency can move it.
+  CONSTRAINTS="$(mktemp)"
+  trap 'rm -f "$CONSTRAINTS"' EXIT
+  if [ "$TF_STATE" = present ]; then
+    for pin in $(probe_get pins); do echo "$pin"; done > "$CONSTRAINTS"
+    grep -q '^tensorflow==' "$CONSTRAINTS" || echo "tensorflow==$TF_FOUND" >> "$CONSTRAINTS"
+  fi
+  if [ "${#missing_py[@]}" -gt 0 ]; then
+    log "pip install ${missing_py[*]}"
+    "$PYTHON" -m pip install -q -c "$CONSTRAINTS" "${missing_py[@]}"
+  fi
+  if [ -n "$TF_KERAS_REQ" ]; then
+    # Its only requirement is this TensorFlow release, which is there (and
+    # may come from another distribution than `tensorflow`): --no-deps.
+    log "pip install --no-deps $TF_KERAS_REQ (TensorFlow $TF_FOUND)"
+    "$PYTHON" -m pip install -q --no-deps -c "$CONSTRAINTS" "$TF_KERAS_REQ"
+  fi
+fi
+
+# ------------------------------------------------------------------- Bazel
+RULES_JAVA_DIR=/usr/share/bazel/rules/java
+PLATFORMS_DIR=/usr/share/bazel/tools/platforms
+missing_pkgs=()
+command -v bazel >/dev/null 2>&1 || missing_pkgs+=(bazel-bootstrap)
+[ -f "$RULES_JAVA_DIR/WORKSPACE" ] || missing_pkgs+=(bazel-rules-java)
+[ -f "$PLATFORMS_DIR/WORKSPACE" ] || missing_pkgs+=(bazel-platforms)
+command -v g++ >/dev/null 2>&1 || missing_pkgs+=(g++)
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
+  apt_install "${missing_pkgs[@]}"
+fi
+command -v bazel >/dev/null 2>&1 || die "bazel is still not on PATH"
 
 # Make the package importable from anywhere (e.g. the examples/ scripts)
 # with a .pth file naming the repo root, in a virtual environment only.
@@ -140,6 +239,8 @@ TF_LIBDIR="$(tf_get libdir)"
 TF_LIBNAME="$(tf_get libname)"
 TF_DEFINES="$(tf_get defines)"
 TF_STD="$(tf_get std)"
+[ "$TF_STATE" = absent ] || [ "$TF_VERSION" = "$TF_FOUND" ] ||
+  die "TensorFlow changed from $TF_FOUND to $TF_VERSION while installing packages"
 [ -n "$TF_LIBNAME" ] && [ -f "$TF_LIBDIR/$TF_LIBNAME" ] ||
   die "TensorFlow framework library not found ($TF_LIBDIR/$TF_LIBNAME)"
 

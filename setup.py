@@ -1,11 +1,17 @@
 """Wheel of tensorflow_multihash: the Python package plus the op library
 that ./configure.sh built (tensorflow_multihash/_multihash_ops.so).
 
-Build it with ./build_wheel.sh (configure + `pip wheel`); see that script.
-The wheel is platform-tagged (py3-none-<platform>: the library links no
-Python, only libtensorflow_framework.so.2) and requires exactly the
-TensorFlow release the library was built against, read from the library's
-TFMH_BUILD_INFO text (the same text op_library.py checks at import).
+Build it with ./build_wheel.sh (configure + `pip wheel` + auditwheel's
+manylinux tag); see that script. The wheel is platform-tagged
+(py3-none-<platform>: the library links no Python, only
+libtensorflow_framework.so.2). The library is built against one TensorFlow
+release, read from its TFMH_BUILD_INFO text (the same text op_library.py
+checks at import), so the wheel requires that release,
+`tensorflow==<major>.<minor>.*`, one of the supported 2.16 to 2.21
+(docs/tensorflow_versions.md). Its version carries the release as a local
+label (0.1.0+tf2.18), so that the wheels of all releases can sit side by
+side in one folder or private index; TFMH_WHEEL_LOCAL_VERSION=0 leaves it
+out (PyPI accepts no local versions: there, one release per version).
 """
 import os
 import re
@@ -19,6 +25,8 @@ except ImportError:
     from wheel.bdist_wheel import bdist_wheel
 
 VERSION = "0.1.0"
+# The supported TensorFlow releases: the minor versions of 2.x.
+TF_MIN_MINOR, TF_MAX_MINOR = 16, 21
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.path.join(ROOT, "tensorflow_multihash", "_multihash_ops.so")
 
@@ -31,6 +39,23 @@ def built_tf_version():
     if match is None:
         raise SystemExit(f"{LIBRARY} has no TFMH_BUILD_INFO; rebuild it with ./configure.sh")
     return match.group(1).decode()
+
+
+def built_tf_release():
+    """'2.Y' of the TensorFlow the library was built against, if supported."""
+    version = built_tf_version()
+    match = re.match(r"(\d+)\.(\d+)\.", version + ".")
+    if (match is None or match.group(1) != "2"
+            or not TF_MIN_MINOR <= int(match.group(2)) <= TF_MAX_MINOR):
+        raise SystemExit(
+            f"{LIBRARY} was built against TensorFlow {version}, outside the supported "
+            f"range 2.{TF_MIN_MINOR} to 2.{TF_MAX_MINOR}")
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+TF_RELEASE = built_tf_release()
+if os.environ.get("TFMH_WHEEL_LOCAL_VERSION", "1") != "0":
+    VERSION += "+tf" + TF_RELEASE
 
 
 class BinaryDistribution(Distribution):
@@ -52,12 +77,14 @@ setup(
     name="tensorflow_multihash",
     version=VERSION,
     description="Multi-hash embedding variables (DeepRec's get_multihash_variable) "
-                "for stock TensorFlow",
+                f"for stock TensorFlow (this wheel: TensorFlow {TF_RELEASE})",
     packages=["tensorflow_multihash"],
     package_data={"tensorflow_multihash": ["_multihash_ops.so"]},
     include_package_data=False,
     python_requires=">=3.9",
-    install_requires=["tensorflow==" + built_tf_version()],
+    # The op library is built for one TensorFlow release (major.minor); at
+    # import, op_library.py also warns if the patch version differs.
+    install_requires=[f"tensorflow=={TF_RELEASE}.*"],
     distclass=BinaryDistribution,
     cmdclass={"bdist_wheel": PlatformWheel},
     zip_safe=False,
