@@ -32,6 +32,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import mh_mode  # noqa: E402  the test run's TFMH_TEST_MODE, before any graph
+
+mh_mode.apply()
+
 import ps_training  # noqa: E402
 from tensorflow_multihash import multihash_ops  # noqa: E402
 

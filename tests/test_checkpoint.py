@@ -26,6 +26,7 @@ def _ckpt_keys(path):
 
 @pytest.mark.parametrize("use_resource", [False, True], ids=["ref", "resource"])
 @pytest.mark.parametrize("operation", ["add", "concat"])
+@pytest.mark.tf1
 def test_saver_round_trip(tfmh, rng, tmp_path, operation, use_resource):
     dims = DIMS[operation]
     arrays = table_arrays(rng, dims)
@@ -62,6 +63,7 @@ def test_saver_round_trip(tfmh, rng, tmp_path, operation, use_resource):
             np.testing.assert_allclose(sess.run(y), np_lookup(arrays, IDS, operation), **TOL)
 
 
+@pytest.mark.tf1
 def test_saver_var_list_of_multihash_tables(tfmh, rng, tmp_path):
     dims = DIMS["mul"]
     arrays = table_arrays(rng, dims)
@@ -77,6 +79,7 @@ def test_saver_var_list_of_multihash_tables(tfmh, rng, tmp_path):
     del other
 
 
+@pytest.mark.tf1
 def test_saver_partitioned_round_trip(tfmh, rng, tmp_path):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)
@@ -103,6 +106,7 @@ def test_saver_partitioned_round_trip(tfmh, rng, tmp_path):
 
 
 @pytest.mark.parametrize("partitioned", [False, True])
+@pytest.mark.tf1
 def test_restore_deeprec_named_checkpoint(tfmh, rng, tmp_path, partitioned):
     """DeepRec writes the tables as plain variables <name>/multhash_Q|R."""
     dims = DIMS["concat"]
@@ -130,6 +134,7 @@ def test_restore_deeprec_named_checkpoint(tfmh, rng, tmp_path, partitioned):
             np.testing.assert_allclose(sess.run(y), np_lookup(arrays, IDS, "concat"), **TOL)
 
 
+@pytest.mark.tf1
 def test_v1_saver_after_training_continues(tfmh, rng, tmp_path):
     """Optimizer slots are saved too: training resumes with the same numbers."""
     dims = DIMS["add"]
@@ -224,6 +229,7 @@ def test_tf2_checkpoint_partitioned(tfmh, rng, tmp_path):
         np.testing.assert_array_equal(eager_value(t), a)
 
 
+@pytest.mark.tf1
 def test_saver_var_list_with_multihash_variable_itself(tfmh, rng, tmp_path):
     """Saver(var_list=[v]) with the MultiHashVariable object (SPEC 4: the
     Saver saves and restores it), keys as DeepRec writes them."""

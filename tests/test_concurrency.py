@@ -71,6 +71,7 @@ def _device_function(op):
     (True, "adagrad"), (False, "adagrad"), (False, "sgd")],
     ids=["resource-adagrad", "ref-adagrad", "ref-sgd"])
 @pytest.mark.parametrize("placement", ["one_device", "two_devices"])
+@pytest.mark.tf1
 def test_parallel_lookups_and_updates(tfmh, placement, use_resource, optimizer, rng):
     initial = [rng.integers(-4, 5, d).astype(np.float32) for d in DIMS]
 

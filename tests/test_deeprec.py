@@ -265,6 +265,50 @@ def test_deeprec_mapping_saved_model_keeps_it(tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_tf1_saved_model_served_in_fresh_v1_process(tmp_path):
+    """A TF1-builder SavedModel (reference variables, mul, partitioned)
+    loads and serves in a new disable_v2_behavior() process that imports
+    the package, with the same numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+    export = str(tmp_path / "sm")
+    ids = [[0, 7], [11, 3]]
+    with tf.Graph().as_default():
+        v = tfmh.get_multihash_variable("mh", [[4, 3], [3, 3]], operation="mul",
+                                        use_resource=False,
+                                        partitioner=v1.fixed_size_partitioner(2))
+        ph = v1.placeholder(tf.int64, [None, None], name="ids")
+        out = tf.nn.embedding_lookup(v, ph)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            expected = sess.run(out, {ph: ids})
+            builder = v1.saved_model.Builder(export)
+            sig = v1.saved_model.predict_signature_def({"ids": ph}, {"emb": out})
+            builder.add_meta_graph_and_variables(sess, ["serve"],
+                                                 signature_def_map={"serving_default": sig})
+            builder.save()
+    script = (
+        "import json, sys\n"
+        "import tensorflow.compat.v1 as tf\n"
+        "tf.disable_v2_behavior()\n"
+        "import tensorflow_multihash\n"
+        "with tf.Session() as sess:\n"
+        "    meta = tf.saved_model.loader.load(sess, ['serve'], sys.argv[1])\n"
+        "    sig = meta.signature_def['serving_default']\n"
+        "    out = sess.run(sig.outputs['emb'].name,\n"
+        "                   {sig.inputs['ids'].name: json.loads(sys.argv[2])})\n"
+        "print('RESULT', json.dumps(out.tolist()))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", script, export, json.dumps(ids)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    np.testing.assert_array_equal(np.array(json.loads(line[7:]), np.float32), expected)
+
+
 # ---------------------------------------------------------------- warnings
 class _Records(logging.Handler):
     def __init__(self):

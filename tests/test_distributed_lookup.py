@@ -71,6 +71,7 @@ def dense_grads(sess, grads, shards):
 @pytest.mark.parametrize("use_resource", [True, False], ids=["resource", "ref"])
 @pytest.mark.parametrize("operation", ["add", "mul", "concat"])
 @pytest.mark.parametrize("strategy", sorted(LAYOUTS))
+@pytest.mark.tf1
 def test_matches_fused_op(strategy, operation, use_resource, rng):
     rows = LAYOUTS[strategy]
     arrays = [rng.uniform(-1, 1, (r, w)).astype(np.float32)
@@ -105,6 +106,7 @@ def test_matches_fused_op(strategy, operation, use_resource, rng):
 
 @pytest.mark.parametrize("dtype", [tf.float64, tf.float16, tf.bfloat16], ids=lambda d: d.name)
 @pytest.mark.parametrize("operation", ["add", "mul"])
+@pytest.mark.tf1
 def test_other_dtypes_identical(dtype, operation, rng):
     arrays = [rng.uniform(-1, 1, (r, 4)) for r in (7, 5)]
     ids = make_ids(35, rng).astype(np.int32)
@@ -120,6 +122,7 @@ def test_other_dtypes_identical(dtype, operation, rng):
             np.testing.assert_array_equal(got_v, want_v)
 
 
+@pytest.mark.tf1
 def test_gathers_run_where_the_shards_live(rng):
     arrays = [rng.uniform(-1, 1, (r, 4)).astype(np.float32) for r in (7, 5)]
     with tf.Graph().as_default():
@@ -144,6 +147,7 @@ def test_gathers_run_where_the_shards_live(rng):
         or "DynamicPartition" in n.attr["tensor_name"].s.decode() for n in sends)
 
 
+@pytest.mark.tf1
 def test_errors_and_edge_cases(rng):
     arrays = [rng.uniform(-1, 1, (r, 4)).astype(np.float32) for r in (7, 5)]
     with tf.Graph().as_default():
@@ -189,6 +193,7 @@ def _op_types(graph):
     return {op.type for op in graph.get_operations()}
 
 
+@pytest.mark.tf1
 def test_embedding_lookup_picks_the_path(tfmh):
     part = v1.fixed_size_partitioner(2)
     # Shards on two devices: colocated.
@@ -208,6 +213,7 @@ def test_embedding_lookup_picks_the_path(tfmh):
     assert not distributed_lookup.needs_colocated_lookup(v.tables)
 
 
+@pytest.mark.tf1
 def test_parameter_server_placement(tfmh):
     """replica_device_setter: shards on two ps tasks, lookup on the worker."""
     cluster = tf.train.ClusterSpec({"ps": ["127.0.0.1:1", "127.0.0.1:2"],
@@ -241,6 +247,7 @@ def test_parameter_server_placement(tfmh):
             assert not distributed_lookup.needs_colocated_lookup(one.tables)
 
 
+@pytest.mark.tf1
 def test_training_matches_fused(tfmh, rng):
     """3 Adagrad steps: shards on 2 devices (colocated) = one device (fused)."""
     values = [rng.uniform(0.5, 1.5, (r, 4)).astype(np.float32) for r in (9, 7)]

@@ -79,6 +79,7 @@ def sync_cluster(tmp_path_factory):
     cluster.close()
 
 
+@pytest.mark.tf1
 class TestTraining:
 
     def test_sync_steps_match_single_process(self, sync_cluster):

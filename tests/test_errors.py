@@ -108,6 +108,7 @@ def test_bad_id_tf_function(mh, rng):
 
 
 @pytest.mark.parametrize("use_resource", [False, True])
+@pytest.mark.tf1
 def test_bad_id_tf1_session(mh, rng, use_resource):
     full32 = random_full_tables(rng, ROWS, (2, 2))
     ref = [a.astype(np.float64) for a in full32]
@@ -144,6 +145,7 @@ CONFIG_ERRORS = (ValueError, tf.errors.InvalidArgumentError)
 
 
 @pytest.mark.parametrize("operation", ["add", "mul", "mult"])
+@pytest.mark.tf1
 def test_unequal_widths_rejected_for_add_mul(mh, rng, operation):
     tables = [np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32)]
     with pytest.raises(CONFIG_ERRORS) as e:
@@ -209,6 +211,7 @@ def test_float_ids_rejected(mh, make_ids_fn):
                                  operation="add")
 
 
+@pytest.mark.tf1
 def test_float_ids_rejected_in_graph(mh):
     with tf.Graph().as_default():
         tables = [tf.zeros((3, 2)), tf.zeros((5, 2))]

@@ -172,6 +172,7 @@ def check_table_layout(shards, which, full_shape, partition_num):
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("combiner", COMBINERS)
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_input_layer_forward_and_gradients(tfmh, rng, operation, combiner, weighted,
                                            partition_num):
     arrays = random_tables(rng, operation)
@@ -213,6 +214,7 @@ def test_input_layer_forward_and_gradients(tfmh, rng, operation, combiner, weigh
 
 
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_partitioned_three_shards_same_numbers(tfmh, rng, operation):
     arrays = random_tables(rng, operation)
     results = []
@@ -232,6 +234,7 @@ def test_partitioned_three_shards_same_numbers(tfmh, rng, operation):
                                **TOL)
 
 
+@pytest.mark.tf1
 def test_partitioned_variable_object(tfmh):
     """With partition_num both tables are PartitionedVariables in the scope."""
     with tf.Graph().as_default():
@@ -266,6 +269,7 @@ EMB_CTORS = {
 
 @pytest.mark.parametrize("emb_ctor", sorted(EMB_CTORS))
 @pytest.mark.parametrize("cat_ctor", sorted(CAT_CTORS))
+@pytest.mark.tf1
 def test_every_namespace(tfmh, rng, cat_ctor, emb_ctor):
     operation = "mul"
     arrays = random_tables(rng, operation)
@@ -283,6 +287,7 @@ def test_every_namespace(tfmh, rng, cat_ctor, emb_ctor):
 
 
 @pytest.mark.parametrize("emb_ctor", sorted(set(EMB_CTORS) - {"tfmh"}))
+@pytest.mark.tf1
 def test_embedding_column_unchanged_for_other_columns(tfmh, emb_ctor):
     """TF's patched embedding_column still behaves as before for identity
     columns (tfmh.embedding_column itself may reject them)."""
@@ -310,6 +315,7 @@ def test_embedding_column_unchanged_for_other_columns(tfmh, emb_ctor):
 
 
 # ======================================================== naming and init
+@pytest.mark.tf1
 def test_variable_names_shapes_and_key(tfmh):
     with tf.Graph().as_default():
         feats, *_ = make_features(BAGS)
@@ -331,6 +337,7 @@ def test_variable_names_shapes_and_key(tfmh):
 
 @pytest.mark.parametrize("operation,widths", [("concat", (6, 10)), ("add", (9, 9)),
                                               ("mul", (9, 9))])
+@pytest.mark.tf1
 def test_default_initializer_truncated_normal(tfmh, operation, widths):
     rows = (40, 50)
     stddev = 1.0 / np.sqrt(widths[0] + widths[1] if operation == "concat" else widths[0])
@@ -352,6 +359,7 @@ def test_default_initializer_truncated_normal(tfmh, operation, widths):
         assert abs(t.mean()) < 0.2 * stddev, (name, t.mean())
 
 
+@pytest.mark.tf1
 def test_list_dims_and_dimension(tfmh, rng):
     """Lists work like tuples for dims and dimension (the seed uses tuples)."""
     arrays = random_tables(rng, "concat")
@@ -367,6 +375,7 @@ def test_list_dims_and_dimension(tfmh, rng):
     np.testing.assert_allclose(got, ref_out(arrays, "concat", idx, vals, None, "mean"), **TOL)
 
 
+@pytest.mark.tf1
 def test_trainable_false(tfmh):
     with tf.Graph().as_default():
         feats, *_ = make_features(BAGS)
@@ -377,6 +386,7 @@ def test_trainable_false(tfmh):
 
 
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_max_norm_clips_each_composed_embedding(tfmh, rng, operation):
     """Same convention as embedding_lookup(max_norm=): clip each id's composed
     embedding, then pool."""
@@ -401,6 +411,7 @@ def test_max_norm_clips_each_composed_embedding(tfmh, rng, operation):
 
 # ============================================================ input forms
 @pytest.mark.parametrize("id_dtype", [tf.int64, tf.int32])
+@pytest.mark.tf1
 def test_dense_batch_by_one_input(tfmh, rng, id_dtype):
     """A dense [batch, 1] int tensor works like the SparseTensor of it."""
     operation = "concat"
@@ -417,6 +428,7 @@ def test_dense_batch_by_one_input(tfmh, rng, id_dtype):
                                             n_rows=4), **TOL)
 
 
+@pytest.mark.tf1
 def test_int32_sparse_ids(tfmh, rng):
     operation = "add"
     arrays = random_tables(rng, operation)
@@ -430,6 +442,7 @@ def test_int32_sparse_ids(tfmh, rng):
     np.testing.assert_allclose(got, ref_out(arrays, operation, idx, vals, None, "sum"), **TOL)
 
 
+@pytest.mark.tf1
 def test_placeholder_feed_and_all_empty_batch(tfmh, rng):
     operation = "concat"
     arrays = random_tables(rng, operation)
@@ -447,6 +460,7 @@ def test_placeholder_feed_and_all_empty_batch(tfmh, rng):
                                  n_rows=len(bags)), err_msg=str(bags), **TOL)
 
 
+@pytest.mark.tf1
 def test_with_other_columns_in_input_layer(tfmh, rng):
     """input_layer orders columns by name: 'a_num' < 'b_ids_...'"""
     operation = "concat"
@@ -481,6 +495,7 @@ def _adagrad(x, g, acc, lr=0.1):
 
 @pytest.mark.parametrize("partition_num", [None, 2])
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_adagrad_training_matches_numpy(tfmh, rng, operation, partition_num):
     arrays = random_tables(rng, operation)
     with tf.Graph().as_default():
@@ -519,6 +534,7 @@ SEQ = [1.0, 0.9003111, 0.8297106, 0.7720356]
 
 
 @pytest.mark.parametrize("via", ["tf.feature_column", "fc2"])
+@pytest.mark.tf1
 def test_seed_example_2_in_graph(tfmh, via):
     """Seed example 2, in a private graph (no disable_v2_behavior)."""
     with tf.Graph().as_default():
@@ -612,6 +628,7 @@ def test_non_integer_column_dtype(tfmh, dtype):
 
 
 @pytest.mark.parametrize("values,dtype", [(["a", "b"], tf.string), ([1.0, 2.0], tf.float32)])
+@pytest.mark.tf1
 def test_non_integer_input_at_build(tfmh, values, dtype):
     with tf.Graph().as_default():
         feats = {KEY: sparse([[0, 0], [1, 0]], values, [2, 1], dtype)}
@@ -630,6 +647,7 @@ def test_dimension_not_a_pair(tfmh, dimension):
 
 
 @pytest.mark.parametrize("operation", ["add", "mul"])
+@pytest.mark.tf1
 def test_unequal_widths_for_add_mul(tfmh, operation):
     with tf.Graph().as_default():
         feats, *_ = make_features(BAGS)
@@ -657,6 +675,7 @@ def test_bad_operation_strategy_combiner(tfmh):
 
 
 @pytest.mark.parametrize("bad", [CAPACITY, 100])
+@pytest.mark.tf1
 def test_out_of_range_id_at_run_time(tfmh, rng, bad):
     operation = "concat"
     arrays = random_tables(rng, operation)
@@ -676,6 +695,7 @@ def test_out_of_range_id_at_run_time(tfmh, rng, bad):
     np.testing.assert_allclose(got, ref_out(arrays, operation, idx, vals, None, "sum"), **TOL)
 
 
+@pytest.mark.tf1
 def test_negative_id_is_an_error(tfmh, rng):
     """A negative id in a SparseTensor is an InvalidArgumentError naming it
     (SPEC 7), never a read of some other row nor silently dropped; the

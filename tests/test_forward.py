@@ -184,6 +184,7 @@ def test_forward_in_tf_function_uses_custom_op(mh, rng):
 
 
 @pytest.mark.parametrize("use_resource", [False, True])
+@pytest.mark.tf1
 def test_forward_tf1_session(mh, rng, use_resource):
     rows, widths = (7, 4), (2, 2)
     full32 = random_full_tables(rng, rows, widths)

@@ -186,6 +186,7 @@ def test_tape_gradients_tf_function(mh, rng, operation, layout, kind):
 @pytest.mark.parametrize("var_kind", ["const", "ref", "resource", "partitioned_ref",
                                       "partitioned_resource", "partitioned_direct"])
 @pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.tf1
 def test_tf1_graph_gradients(mh, rng, operation, var_kind):
     widths = widths_for(operation)
     rows = (7, 5)
@@ -266,6 +267,7 @@ def test_compute_gradient_float64(mh, rng, operation, layout):
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.tf1
 def test_compute_gradient_error_tf1(mh, rng, operation):
     widths = widths_for(operation)
     rows = (5, 3)
@@ -346,6 +348,7 @@ def test_eager_resource_sparse_apply_adagrad_then_lookup(mh, rng):
 
 @pytest.mark.parametrize("use_resource", [False, True])
 @pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.tf1
 def test_tf1_adagrad_minimize_then_lookup(mh, rng, operation, use_resource):
     widths = widths_for(operation)
     rows = (7, 4)

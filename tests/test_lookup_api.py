@@ -81,6 +81,7 @@ def test_dense_lookup_tf_function(tfmh, rng, operation):
 
 @pytest.mark.parametrize("fn", ["tf.nn", "v1.nn_extra"])
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_dense_lookup_graph(tfmh, rng, fn, operation):
     dims = DIMS[operation]
     arrays = table_arrays(rng, dims)
@@ -166,6 +167,7 @@ def test_sparse_lookup_eager(tfmh, rng, fn, combiner, use_weights, operation):
 
 @pytest.mark.parametrize("fn", ["tf.nn", "tf.nn_safe"])
 @pytest.mark.parametrize("operation", ["mul", "concat"])
+@pytest.mark.tf1
 def test_sparse_lookup_graph(tfmh, rng, fn, operation):
     dims = DIMS[operation]
     arrays = table_arrays(rng, dims)
@@ -300,6 +302,7 @@ def test_passthrough_list_of_variables(strategy):
         np.testing.assert_array_equal(tf.nn.embedding_lookup(vs, ids).numpy(), p[ids])
 
 
+@pytest.mark.tf1
 def test_passthrough_graph_ref_variable():
     import tensorflow_multihash  # noqa: F401
     p = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -366,6 +369,7 @@ def test_bad_sparse_id_dtype(tfmh, rng, fn):
         f(v, sp, None, combiner="sum")
 
 
+@pytest.mark.tf1
 def test_bad_id_dtype_graph_before_kernel(tfmh):
     with tf.Graph().as_default():
         v = tfmh.get_multihash_variable("emb", DIMS["add"])
@@ -416,6 +420,7 @@ def test_out_of_range_tf_function(tfmh, rng, bad):
 
 
 @pytest.mark.parametrize("bad", [-1, 15, 2**40])
+@pytest.mark.tf1
 def test_out_of_range_session(tfmh, rng, bad):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)
@@ -473,6 +478,7 @@ def test_multihash_variable_as_tf_function_argument(tfmh, rng):
 
 
 @pytest.mark.parametrize("safe", [False, True])
+@pytest.mark.tf1
 def test_sparse_placeholder_graph(tfmh, rng, safe):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)

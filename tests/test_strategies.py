@@ -140,6 +140,7 @@ def test_eager_variable_forward_and_grad(tfmh, rng, case, operation,
                                   ("generalized-Q-R", 4), ("CRT", 4)],
                          ids=lambda c: "%s-k%d" % c)
 @pytest.mark.parametrize("operation", OPS)
+@pytest.mark.tf1
 def test_tf1_partitioned_variable_training(tfmh, rng, case, operation):
     """get_multihash_variable with k > 2, partitioned, in a v1 Session: the
     lookup and one Adagrad step equal NumPy."""
@@ -218,6 +219,7 @@ def test_k3_out_of_range_error(tfmh):
 # -- variable API ------------------------------------------------------------
 
 @pytest.mark.parametrize("strategy", ["generalized-Q-R", "CRT"])
+@pytest.mark.tf1
 def test_names_k2_keep_q_r(tfmh, strategy):
     with tf.Graph().as_default():
         v = tfmh.get_multihash_variable(

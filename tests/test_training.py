@@ -99,10 +99,12 @@ def _graph_train(tfmh, rng, operation, make_opt, use_resource, partitioner=None,
 @pytest.mark.parametrize("use_resource", [False, True], ids=["ref", "resource"])
 @pytest.mark.parametrize("operation", OPS)
 @pytest.mark.parametrize("opt_name", sorted(V1_OPTIMIZERS))
+@pytest.mark.tf1
 def test_v1_optimizers_session(tfmh, rng, opt_name, operation, use_resource):
     _graph_train(tfmh, rng, operation, V1_OPTIMIZERS[opt_name], use_resource)
 
 
+@pytest.mark.tf1
 def test_v1_default_var_list(tfmh, rng):
     _graph_train(tfmh, rng, "concat", V1_OPTIMIZERS["adagrad"], True, default_var_list=True)
 
@@ -117,6 +119,7 @@ PARTITIONERS = {
 @pytest.mark.parametrize("use_resource", [False, True], ids=["ref", "resource"])
 @pytest.mark.parametrize("operation", OPS)
 @pytest.mark.parametrize("pname", sorted(PARTITIONERS))
+@pytest.mark.tf1
 def test_partitioned_training_session(tfmh, rng, pname, operation, use_resource):
     v = _graph_train(tfmh, rng, operation, V1_OPTIMIZERS["adagrad"], use_resource,
                      partitioner=PARTITIONERS[pname]())
@@ -124,11 +127,13 @@ def test_partitioned_training_session(tfmh, rng, pname, operation, use_resource)
 
 
 @pytest.mark.parametrize("opt_name", ["adam", "momentum"])
+@pytest.mark.tf1
 def test_partitioned_training_other_optimizers(tfmh, rng, opt_name):
     _graph_train(tfmh, rng, "mul", V1_OPTIMIZERS[opt_name], True,
                  partitioner=PARTITIONERS["fixed3"]())
 
 
+@pytest.mark.tf1
 def test_session_failed_step_leaves_tables_unchanged(tfmh, rng):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)

@@ -89,6 +89,7 @@ def test_default_initializer_truncated_normal_eager(tfmh):
         _check_truncated_normal(t.numpy())
 
 
+@pytest.mark.tf1
 def test_default_initializer_graph(tfmh):
     with tf.Graph().as_default():
         v = tfmh.get_multihash_variable("dflt", [[40, 16], [30, 16]])
@@ -100,6 +101,7 @@ def test_default_initializer_graph(tfmh):
 
 # --------------------------------------------------------------- graph mode
 @pytest.mark.parametrize("use_resource", [False, True])
+@pytest.mark.tf1
 def test_graph_names_and_lookup(tfmh, rng, use_resource):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)
@@ -123,6 +125,7 @@ def test_graph_names_and_lookup(tfmh, rng, use_resource):
                                        rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.tf1
 def test_graph_default_use_resource_follows_scope(tfmh):
     with tf.Graph().as_default():
         with v1.variable_scope("r", use_resource=True):
@@ -133,6 +136,7 @@ def test_graph_default_use_resource_follows_scope(tfmh):
         assert not any(_is_resource(t) for t in w.tables)
 
 
+@pytest.mark.tf1
 def test_scope_reuse(tfmh):
     with tf.Graph().as_default():
         with v1.variable_scope("s"):
@@ -152,6 +156,7 @@ def test_scope_reuse(tfmh):
                 tfmh.get_multihash_variable("emb", DIMS["concat"], operation="concat")
 
 
+@pytest.mark.tf1
 def test_trainable_false(tfmh):
     with tf.Graph().as_default():
         v = tfmh.get_multihash_variable("emb", DIMS["add"], trainable=False)
@@ -167,6 +172,7 @@ def test_trainable_false_eager(tfmh):
     assert list(v.trainable_variables) == []
 
 
+@pytest.mark.tf1
 def test_collections(tfmh):
     with tf.Graph().as_default():
         tfmh.get_multihash_variable(
@@ -176,6 +182,7 @@ def test_collections(tfmh):
         assert len(v1.global_variables()) == 2
 
 
+@pytest.mark.tf1
 def test_regularizer(tfmh, rng):
     dims = DIMS["add"]
     arrays = table_arrays(rng, dims)
@@ -192,6 +199,7 @@ def test_regularizer(tfmh, rng):
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.tf1
 def test_constraint(tfmh):
     con = lambda t: tf.clip_by_value(t, -0.1, 0.1)  # noqa: E731
     with tf.Graph().as_default():
@@ -202,6 +210,7 @@ def test_constraint(tfmh):
 
 
 @pytest.mark.parametrize("where", ["argument", "scope"])
+@pytest.mark.tf1
 def test_custom_getter(tfmh, where):
     seen = []
 
@@ -220,6 +229,7 @@ def test_custom_getter(tfmh, where):
         assert len(v.tables) == 2
 
 
+@pytest.mark.tf1
 def test_caching_device_and_sync_args_accepted(tfmh):
     with tf.Graph().as_default():
         v = tfmh.get_multihash_variable(
@@ -242,6 +252,7 @@ PARTITIONERS = {
 @pytest.mark.parametrize("where", ["argument", "scope"])
 @pytest.mark.parametrize("pname", sorted(PARTITIONERS))
 @pytest.mark.parametrize("operation", ["add", "concat"])
+@pytest.mark.tf1
 def test_partitioned_graph(tfmh, rng, where, pname, operation):
     dims = [[3, 4], [5, 4]]
     if operation == "concat":
@@ -279,6 +290,7 @@ def test_partitioned_graph(tfmh, rng, where, pname, operation):
 
 
 @pytest.mark.parametrize("pname", sorted(PARTITIONERS))
+@pytest.mark.tf1
 def test_partitioned_shard_sizes(tfmh, pname):
     make, expected = PARTITIONERS[pname]
     with tf.Graph().as_default():
@@ -328,6 +340,7 @@ CONFIG_ERRORS = [
 
 
 @pytest.mark.parametrize("case,kwargs,match", CONFIG_ERRORS, ids=[c[0] for c in CONFIG_ERRORS])
+@pytest.mark.tf1
 def test_config_errors_graph(tfmh, case, kwargs, match):
     with tf.Graph().as_default():
         kwargs = dict(kwargs)
@@ -355,6 +368,7 @@ def test_mult_alias_lookup_equals_mul(tfmh, rng):
                                np_lookup(arrays, ids, "mul"), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.tf1
 def test_patched_getter_in_tf_namespaces(tfmh):
     assert callable(tf.get_multihash_variable)
     assert callable(tf.compat.v1.get_multihash_variable)
