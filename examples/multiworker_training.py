@@ -59,10 +59,14 @@ REDUCTIONS = ("auto", "sparse", "dense", "tf")
 # Data: the global batch of step t is a function of t only, so every worker
 # (and the single-process reference) sees the same global batches.
 # ---------------------------------------------------------------------------
-def global_batch(step, batch_size, capacity, seed=0):
-  """Ids (Zipf-like, int64) and labels of the global batch of `step`."""
+def global_batch(step, batch_size, capacity, seed=0, zipf=1.2):
+  """Ids (int64; Zipf with exponent `zipf`, or uniform if it is 0) and labels
+  of the global batch of `step`."""
   rng = np.random.default_rng([seed, step])
-  ids = (rng.zipf(1.2, batch_size) - 1) % capacity
+  if zipf:
+    ids = (rng.zipf(zipf, batch_size) - 1) % capacity
+  else:
+    ids = rng.integers(0, capacity, batch_size)
   labels = np.sin(0.37 * ids).astype(np.float32)
   return ids.astype(np.int64), labels
 
@@ -248,7 +252,8 @@ def train_custom(strategy, args, on_step=None):
   losses = []
   while int(step.numpy()) < args.steps:
     t = int(step.numpy())
-    ids, labels = global_batch(t, args.global_batch, capacity, args.seed)
+    ids, labels = global_batch(t, args.global_batch, capacity, args.seed,
+                               args.zipf)
     lo, hi = index * per_worker, (index + 1) * per_worker
     loss = train_step(tf.constant(ids[lo:hi]), tf.constant(labels[lo:hi]))
     losses.append(float(strategy.experimental_local_results(loss)[0]))
@@ -346,7 +351,8 @@ def train_fit(strategy, args, callbacks=()):
     model = ReducingModel(inputs, tf.squeeze(out, -1),
                           reduction=args.reduction)
     model.compile(tf_keras.optimizers.Adagrad(args.learning_rate), "mse")
-  batches = [global_batch(t, args.global_batch, capacity, args.seed)
+  batches = [global_batch(t, args.global_batch, capacity, args.seed,
+                          args.zipf)
              for t in range(args.steps_per_epoch)]
   ids = np.concatenate([b[0] for b in batches])
   labels = np.concatenate([b[1] for b in batches])
@@ -419,6 +425,8 @@ def parse_args(argv=None):
   p.add_argument("--checkpoint_dir", default="")
   p.add_argument("--checkpoint_every", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--zipf", type=float, default=1.2,
+                 help="Zipf exponent of the ids; 0 for uniform ids")
   p.add_argument("--result", default="",
                  help="write the final state (JSON) here (chief only)")
   p.add_argument("--timeout", type=float, default=600)

@@ -176,3 +176,99 @@ class Cluster(object):
             w.quit(timeout=30)
         for p in self.ps:
             p.kill()
+
+
+MULTIWORKER_SCRIPT = os.path.join(ROOT, "tests", "multiworker_task.py")
+
+
+class Workers(object):
+    """`num_workers` processes of tests/multiworker_task.py forming one
+    MultiWorkerMirroredStrategy cluster (TF_CONFIG, free loopback ports).
+    Each runs in its own process group; stdout is read as JSON lines,
+    stderr goes to a log that failures quote. Use as a context manager:
+    every process is killed on exit, failure or not."""
+
+    def __init__(self, argv, log_dir, num_workers=2, extra_argv=None):
+        self.hosts = ["127.0.0.1:%d" % free_port() for _ in range(num_workers)]
+        self.procs, self.logs, self.lines = [], [], []
+        try:
+            for i in range(num_workers):
+                env = child_env()
+                env["TF_CONFIG"] = json.dumps(
+                    {"cluster": {"worker": self.hosts},
+                     "task": {"type": "worker", "index": i}})
+                log = open(os.path.join(
+                    log_dir, "mw%d-%d.log" % (i, time.time_ns())), "w")
+                self.logs.append(log)
+                self.lines.append(queue.Queue())
+                p = subprocess.Popen(
+                    [sys.executable, MULTIWORKER_SCRIPT] + list(argv) +
+                    list((extra_argv or {}).get(i, [])),
+                    stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+                    env=env, cwd=ROOT, start_new_session=True)
+                self.procs.append(p)
+                threading.Thread(target=self._read, args=(i,),
+                                 daemon=True).start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _read(self, i):
+        for line in self.procs[i].stdout:
+            if line.startswith("{"):
+                self.lines[i].put(json.loads(line))
+        self.lines[i].put(EOFError("worker exited"))
+
+    def log_tail(self, i, n=3000):
+        self.logs[i].flush()
+        with open(self.logs[i].name) as f:
+            return f.read()[-n:]
+
+    def wait_for(self, i, key, timeout):
+        """The first JSON line of worker i that has `key`."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                item = self.lines[i].get(
+                    timeout=max(0.1, deadline - time.time()))
+            except queue.Empty:
+                raise TimeoutError("worker %d: no %r in %gs; log:\n%s" %
+                                   (i, key, timeout, self.log_tail(i)))
+            if isinstance(item, EOFError):
+                raise RuntimeError("worker %d exited (%s) before %r; log:\n%s"
+                                   % (i, self.procs[i].wait(timeout=30), key,
+                                      self.log_tail(i)))
+            if key in item:
+                return item
+
+    def wait(self, timeout):
+        """Waits (bounded) until every worker reported done and exited 0."""
+        deadline = time.time() + timeout
+        for i, p in enumerate(self.procs):
+            self.wait_for(i, "done", max(1, deadline - time.time()))
+            rc = p.wait(timeout=max(1, deadline - time.time()))
+            if rc != 0:
+                raise RuntimeError("worker %d exited %d; log:\n%s" %
+                                   (i, rc, self.log_tail(i)))
+
+    def kill(self, i):
+        """SIGKILL to worker i's process group; waits for the exit."""
+        p = self.procs[i]
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait(timeout=30)
+
+    def close(self):
+        for i in range(len(self.procs)):
+            self.kill(i)
+        for log in self.logs:
+            log.close()
