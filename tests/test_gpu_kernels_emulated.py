@@ -211,18 +211,20 @@ def _check_forward_and_grad(mh, rng, operation, strategy, full, sizes, fwd_tol, 
     """Forward and raw gradient of float32 tables `full`, table j cut into
     shards of sizes[j] rows, on random ids (duplicates and both ends)."""
     rows = [t.shape[0] for t in full]
-    ids = make_ids(rng, math.prod(rows), (6, 7))
+    # "deeprec": DeepRec's mapping (q = id // rows_0), ids in [0, rows_0^2).
+    deeprec = strategy == "deeprec"
+    ids = make_ids(rng, rows[0] ** 2 if deeprec else math.prod(rows), (6, 7))
     width = out_width(operation, [t.shape[1] for t in full])
     upstream = rng.standard_normal(ids.shape + (width,)).astype(np.float32)
+    kwargs = dict(operation=operation, complementary_strategy="Q-R" if deeprec else strategy,
+                  deeprec_mapping=deeprec)
 
     def build():
         tables = [split_rows(const(t, tf.float32), sz) if len(sz) > 1 else const(t, tf.float32)
                   for t, sz in zip(full, sizes)]
         ids_t = tf.constant(ids, tf.int64)
-        y = mh.multihash_lookup(tables, ids_t, operation=operation,
-                                complementary_strategy=strategy)
-        g = mh.multihash_lookup_grad(tf.constant(upstream), tables, ids_t,
-                                     operation=operation, complementary_strategy=strategy)
+        y = mh.multihash_lookup(tables, ids_t, **kwargs)
+        g = mh.multihash_lookup_grad(tf.constant(upstream), tables, ids_t, **kwargs)
         return y, g
 
     ((y, g),) = run(build)
@@ -233,7 +235,8 @@ def _check_forward_and_grad(mh, rng, operation, strategy, full, sizes, fwd_tol, 
 
 
 @pytest.mark.parametrize("strategy,rows", [("generalized-Q-R", (3, 4, 5)), ("CRT", (3, 4, 5)),
-                                           ("generalized-Q-R", (2, 9))])
+                                           ("generalized-Q-R", (2, 9)), ("deeprec", (5, 3)),
+                                           ("deeprec", (3, 7))])
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_strategies_forward_and_grad(mh, emulated, rng, operation, strategy, rows):
     widths = widths_for(operation, len(rows))
