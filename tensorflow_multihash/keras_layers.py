@@ -300,6 +300,9 @@ class MultiHashEmbedding(keras.layers.Layer):
     self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
     self.mask_zero = mask_zero
     self.supports_masking = mask_zero
+    # XLA has no string ops: Keras's jit_compile="auto" then stays off, and
+    # jit_compile=True warns and runs without XLA, as for keras.layers.Hashing.
+    self.supports_jit = not hash_strings
     # The op reads the float32 tables in place; autocasting would copy each
     # whole table to the compute dtype every step. The output is cast.
     self.autocast = False

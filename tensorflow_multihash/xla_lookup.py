@@ -12,9 +12,12 @@ compiles and fuses:
   out = part_0 op part_1 op ... op part_{k-1}   (left to right, as the kernel)
 
 float16 and bfloat16 parts are combined in float32 and the result is rounded
-once, as the fused kernel does. The gradient is TensorFlow's own gradient of
-these ops: a `tf.IndexedSlices` per table (not summed per distinct row, so
-an optimizer's scatter adds up repeated rows).
+once, as the fused kernel does. The gradient reaches each table as a
+`tf.IndexedSlices` with one entry per id (static shapes, as XLA needs) in
+which each row's total, summed in float32 for half types and rounded once
+as the fused kernel's gradient, stands at the first id that reads the row
+and the other entries are zeros: every optimizer then sees the numbers of
+the fused op's gradient (one summed entry per distinct row).
 
 Out-of-range ids under XLA: XLA cannot raise a run-time error. It compiles
 `tf.debugging` assertions to nothing (with a warning) and its gather clamps
@@ -101,6 +104,38 @@ def _gather_table(shards, row):
   return out
 
 
+def _one_entry_per_row(part, rows, num_rows):
+  """`part` (the gathered rows of one table), whose gradient holds each
+  table row's total in the first position that reads the row and zeros in
+  the others.
+
+  The gradient of `tf.gather` repeats a row once per id that reads it.
+  Summed, that is the same gradient, but optimizers that square the
+  gradient's entries before summing them (Keras 3 Adam and Adagrad) would
+  then square each id's share instead of the row's total, as they do with
+  the fused op's gradient (one summed entry per row). Summing per row here
+  (static shapes, so XLA compiles it) gives them the same numbers.
+  """
+  width = tf.compat.dimension_value(part.shape[-1])
+
+  @tf.custom_gradient
+  def identity(x):
+    def grad(dy):
+      flat_rows = tf.reshape(rows, [-1])
+      flat_dy = tf.reshape(dy, [-1, width])
+      totals = tf.math.unsorted_segment_sum(flat_dy, flat_rows, num_rows)
+      positions = tf.range(tf.size(flat_rows, out_type=flat_rows.dtype),
+                           dtype=flat_rows.dtype)
+      first = tf.math.unsorted_segment_min(positions, flat_rows, num_rows)
+      is_first = tf.equal(tf.gather(first, flat_rows), positions)
+      values = tf.where(tf.expand_dims(is_first, -1),
+                        tf.gather(totals, flat_rows), tf.zeros_like(flat_dy))
+      return tf.reshape(values, tf.shape(dy))
+    return tf.identity(x), grad
+
+  return identity(part)
+
+
 def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
            out_of_range="error", deeprec_mapping=False):
   """`multihash_ops.multihash_lookup` from stock ops that XLA compiles.
@@ -133,17 +168,20 @@ def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
     ids = multihash_ops.wrap_ids(ids, capacity)
   else:
     valid = valid_ids(ids, capacity)
-  parts = [_gather_table(s, _rows_of(ids, d, r))
-           for s, d, r in zip(shards, divisors, rows)]
+  parts = []
+  for table_shards, divisor, num_rows in zip(shards, divisors, rows):
+    row = _rows_of(ids, divisor, num_rows)
+    part = _gather_table(table_shards, row)
+    if dtype in _HALF_TYPES:  # the kernel's float32 accumulator
+      part = tf.cast(part, tf.float32)
+    parts.append(_one_entry_per_row(part, row, num_rows))
   if operation == "concat":
     out = tf.concat(parts, axis=-1)
   else:
-    if dtype in _HALF_TYPES:
-      parts = [tf.cast(p, tf.float32) for p in parts]
     out = parts[0]
     for p in parts[1:]:
       out = out * p if operation == "mul" else out + p
-    out = tf.cast(out, dtype)
+  out = tf.cast(out, dtype)
   if valid is not None:
     out = nan_where_invalid(out, valid)
   return out
