@@ -19,7 +19,7 @@ linear layer -> squared error`, trained with Adagrad:
                  docs/distributed.md).
 
 The gradient of a small table is a `tf.IndexedSlices` of the distinct rows a
-worker's ids touched. `reduce_gradient` sums it over the workers either by
+worker's ids touched. `reduce_gradients` sums it over the workers either by
 gathering every worker's rows (bytes grow with the rows touched) or by a
 dense all-reduce of the whole table (bytes grow with the table), choosing
 each step the one that moves fewer bytes (`--reduction=auto`, the default).
@@ -84,7 +84,13 @@ def table_initializer(seed):
 # ---------------------------------------------------------------------------
 # Gradient reduction across workers.
 # ---------------------------------------------------------------------------
-def wire_bytes(rows, row_bytes, touched_rows, num_workers, index_bytes=8):
+# Bytes of protocol (gRPC, collective headers) per message a worker sends,
+# measured on loopback with benchmarks/multiworker_bytes.py (about 300).
+MESSAGE_BYTES = 300
+
+
+def wire_bytes(rows, row_bytes, touched_rows, num_workers, index_bytes=8,
+               message_bytes=MESSAGE_BYTES):
   """Bytes one worker sends per step to sum one table's gradient.
 
   Args:
@@ -94,37 +100,92 @@ def wire_bytes(rows, row_bytes, touched_rows, num_workers, index_bytes=8):
       touched (the gather pads every worker to it).
     num_workers: workers in the all-reduce.
     index_bytes: bytes of one row index (int64).
+    message_bytes: protocol bytes per message.
 
   Returns:
-    A dict: "sparse" (ring all-gather of every worker's rows and indices:
-    (N - 1) * touched_rows * (row_bytes + index_bytes)) and "dense" (ring
-    all-reduce of the whole table: 2 (N - 1) / N * rows * row_bytes).
+    A dict: "sparse", TensorFlow's all-gather of every worker's rows and
+    indices (3 ring all-gathers: row counts, rows, indices; N - 1 messages
+    each): (N - 1) * (touched_rows * (row_bytes + index_bytes) +
+    3 * message_bytes); and "dense", a ring all-reduce of the whole table
+    (2 (N - 1) messages): 2 (N - 1) / N * rows * row_bytes +
+    2 (N - 1) * message_bytes.
   """
   n = num_workers
-  return {"sparse": (n - 1) * touched_rows * (row_bytes + index_bytes),
-          "dense": 2.0 * (n - 1) / n * rows * row_bytes}
+  return {"sparse": (n - 1) * (touched_rows * (row_bytes + index_bytes) +
+                               3 * message_bytes),
+          "dense": 2.0 * (n - 1) / n * rows * row_bytes +
+                   2 * (n - 1) * message_bytes}
 
 
-def reduce_gradient(grad, variable, reduction="auto"):
+def _replica_all_reduce(ctx):
+  """An all-reduce usable inside tf.cond: ReplicaContext.all_reduce goes
+  through merge_call, which a cond branch refuses; the strategy's
+  replica-context all-reduce launches the collectives directly (in a
+  tf.function; eagerly the merge_call path is used, and eager conds are
+  Python branches)."""
+  direct = getattr(ctx.strategy.extended, "_replica_ctx_all_reduce", None)
+  if direct is None or tf.executing_eagerly():
+    return ctx.all_reduce
+  return direct
+
+
+def reduce_gradients(grads, variables, reduction="auto"):
+  """Sums gradients over all replicas (call in a replica context).
+
+  Args:
+    grads: the replica's gradients, tensors or tf.IndexedSlices.
+    variables: their variables (static shapes size the dense all-reduce).
+    reduction: how an IndexedSlices gradient is summed: "sparse" (all-gather
+      every replica's rows, then sum rows of equal index), "dense" (scatter
+      into a table-sized tensor and all-reduce it), "auto" (per step and
+      table, the one of the two that sends fewer bytes by `wire_bytes`, from
+      the largest row count of any replica; the row counts of all tables
+      are exchanged in one small all-reduce), or "tf"
+      (`ReplicaContext.all_reduce`, TensorFlow's own choice: an all-gather,
+      repeated indices kept). Dense gradients are always all-reduced.
+
+  Returns:
+    The sums over replicas, the same on every replica: a tensor for a dense
+    gradient; for an IndexedSlices gradient an IndexedSlices without
+    repeated indices ("tf" excepted). "sparse" gives the rows some replica
+    touched, "dense" every row of the table (rows no replica touched have
+    zero gradient; Adagrad and SGD leave them as they are).
+
+  Raises:
+    ValueError: for an unknown `reduction`.
+  """
+  if reduction not in REDUCTIONS:
+    raise ValueError("reduction=%r is not one of %s" % (reduction, REDUCTIONS))
+  ctx = tf.distribute.get_replica_context()
+  n = ctx.num_replicas_in_sync
+  sparse_at = [i for i, g in enumerate(grads)
+               if isinstance(g, tf.IndexedSlices)]
+  max_rows = {}
+  if reduction == "auto" and n > 1 and sparse_at:
+    # Every replica's row counts, one row per replica: 4 bytes per table.
+    local = tf.stack([tf.shape(grads[i].indices)[0] for i in sparse_at])
+    counts = _replica_all_reduce(ctx)(
+        tf.distribute.ReduceOp.SUM,
+        tf.scatter_nd([[ctx.replica_id_in_sync_group]], local[None],
+                      [n, len(sparse_at)]))
+    most = tf.reduce_max(counts, axis=0)
+    max_rows = {i: most[j] for j, i in enumerate(sparse_at)}
+  return [reduce_gradient(g, v, reduction, max_rows.get(i))
+          for i, (g, v) in enumerate(zip(grads, variables))]
+
+
+def reduce_gradient(grad, variable, reduction="auto", max_rows=None):
   """Sums one gradient over all replicas (call in a replica context).
 
   Args:
     grad: the replica's gradient of `variable`, a tensor or tf.IndexedSlices.
-    variable: the variable (its static shape sizes the dense all-reduce).
-    reduction: how an IndexedSlices gradient is summed: "sparse" (all-gather
-      every replica's rows, then sum rows of equal index), "dense" (scatter
-      into a table-sized tensor and all-reduce it), "auto" (each step the one
-      of the two that sends fewer bytes, by `wire_bytes`, from the largest
-      row count of any replica: one small all-reduce more), or "tf"
-      (`ReplicaContext.all_reduce`, TensorFlow's own choice: an all-gather).
-      Dense gradients are always all-reduced.
+    variable: the variable.
+    reduction: as in `reduce_gradients`.
+    max_rows: for "auto", the largest row count of any replica's `grad`
+      (the same scalar on every replica); None exchanges the counts here.
 
   Returns:
-    The sum over replicas: a tensor for a dense gradient; for an
-    IndexedSlices gradient an IndexedSlices without repeated indices ("tf"
-    excepted), the same on every replica. "sparse" gives the rows some
-    replica touched, "dense" every row of the table (rows no replica
-    touched have zero gradient; Adagrad and SGD leave them as they are).
+    The sum over replicas, as in `reduce_gradients`.
 
   Raises:
     ValueError: for an unknown `reduction`.
@@ -138,14 +199,7 @@ def reduce_gradient(grad, variable, reduction="auto"):
     return ctx.all_reduce(sum_op, grad)
   if n == 1:
     return grad
-  # Collectives inside tf.cond: ReplicaContext.all_reduce and all_gather go
-  # through merge_call, which a cond branch refuses; the strategy's
-  # replica-context all-reduce launches the collectives directly (in a
-  # tf.function; eagerly it is the merge_call path, outside any cond).
-  extended = ctx.strategy.extended
-  all_reduce = getattr(extended, "_replica_ctx_all_reduce", None)
-  if all_reduce is None or tf.executing_eagerly():
-    all_reduce = ctx.all_reduce
+  all_reduce = _replica_all_reduce(ctx)
   rows = int(variable.shape[0])
   width = int(np.prod(variable.shape[1:]))
   row_bytes = width * variable.dtype.size
@@ -171,11 +225,11 @@ def reduce_gradient(grad, variable, reduction="auto"):
     return dense()
   if reduction == "sparse":
     return sparse()
-  # Every replica's row count (4 bytes each), so that all take one branch.
-  counts = all_reduce(sum_op, tf.one_hot(ctx.replica_id_in_sync_group, n,
-                                         on_value=tf.shape(indices)[0]))
-  cost = wire_bytes(rows, row_bytes, tf.cast(tf.reduce_max(counts),
-                                             tf.float64), n)
+  if max_rows is None:
+    counts = all_reduce(sum_op, tf.one_hot(ctx.replica_id_in_sync_group, n,
+                                           on_value=tf.shape(indices)[0]))
+    max_rows = tf.reduce_max(counts)
+  cost = wire_bytes(rows, row_bytes, tf.cast(max_rows, tf.float64), n)
   return tf.cond(cost["sparse"] < cost["dense"], sparse, dense)
 
 
@@ -237,9 +291,8 @@ def train_custom(strategy, args, on_step=None):
     with tf.GradientTape() as tape:
       pred = tf.squeeze(tf.matmul(tfmh.embedding_lookup(emb, ids), dense), -1)
       loss = tf.reduce_sum(tf.square(pred - labels)) / args.global_batch
-    grads = tape.gradient(loss, variables)
-    grads = [reduce_gradient(g, v, args.reduction)
-             for g, v in zip(grads, variables)]
+    grads = reduce_gradients(tape.gradient(loss, variables), variables,
+                             args.reduction)
     opt.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
     step.assign_add(1)
     return tf.distribute.get_replica_context().all_reduce(
@@ -308,7 +361,7 @@ def fit_classes():
 
   class ReducingModel(tf_keras.Model):
     """A tf_keras model whose train step sums the gradients with
-    `reduce_gradient` (fewer bytes on the wire) instead of the optimizer's
+    `reduce_gradients` (fewer bytes on the wire) instead of the optimizer's
     own aggregation; reduction="tf" keeps tf_keras's own train step."""
 
     def __init__(self, *args, reduction="auto", **kwargs):
@@ -323,9 +376,8 @@ def fit_classes():
         pred = self(x, training=True)
         loss = self.compute_loss(x, y, pred)
       variables = self.trainable_variables
-      grads = tape.gradient(loss, variables)
-      grads = [reduce_gradient(g, v, self.reduction)
-               for g, v in zip(grads, variables)]
+      grads = reduce_gradients(tape.gradient(loss, variables), variables,
+                               self.reduction)
       self.optimizer.apply_gradients(zip(grads, variables),
                                      skip_gradients_aggregation=True)
       return self.compute_metrics(x, y, pred, None)
