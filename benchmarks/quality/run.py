@@ -9,8 +9,12 @@ three large vocabularies (user id, item id, zip code) stored as
   mh-add, mh-mul, mh-concat
             tensorflow_multihash.keras.MultiHashEmbedding (Q-R, k = 2);
 
-at embedding parameter budgets of 1, 1/2, 1/4, 1/8 and 1/16 of the full
-tables, 3 seeds each, and reports test AUC and log loss.
+at embedding parameter budgets of 1, 1/4 and 1/16 of the full tables
+(--fractions 1,1/2,1/4,1/8,1/16 for a finer sweep), 3 seeds each, trained
+with Adam and with Adagrad, and reports test AUC and log loss.
+`mh-mul-uniform` is mh-mul with Keras's "uniform" initializer on each table
+(what the layer drew before its default was scaled to
+keras.layers.Embedding's output scale), to show what the initial scale does.
 
     .venv/bin/python benchmarks/quality/run.py            # the study
     .venv/bin/python benchmarks/quality/run.py --quick    # smoke run
@@ -58,8 +62,12 @@ PACKAGES = {"pandas": "pandas>=2", "pyarrow": "pyarrow>=12",
             "matplotlib": "matplotlib>=3.7"}
 
 SPLIT_SEED = 20200823  # the split is fixed; the training seeds vary
-FRACTIONS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
-METHODS = ("full", "hash", "mh-add", "mh-mul", "mh-concat")
+# The default budgets; --fractions 1,1/2,1/4,1/8,1/16 runs the finer sweep.
+FRACTIONS = (1.0, 1 / 4, 1 / 16)
+METHODS = ("full", "hash", "mh-add", "mh-mul", "mh-concat", "mh-mul-uniform")
+# mh-mul-uniform (the initial-scale comparison) runs at these budgets only.
+UNIFORM_FRACTIONS = (1.0, 1 / 4, 1 / 16)
+OPTIMIZERS = ("adam", "adagrad")
 COMPRESSED = ("user", "item", "zip")        # large vocabularies
 SMALL = ("gender", "age", "occupation")     # kept full in every method
 AGE_BINS = (18, 25, 35, 45, 50, 56)         # MovieLens-1M's age groups
@@ -239,10 +247,12 @@ def feature_plan(tfmh, method, fraction, vocab, dim):
       buckets = max(1, int(budget // dim))
       plan[name] = ("hash", {"buckets": buckets}, buckets * dim)
     else:
-      operation = method.split("-", 1)[1]
+      operation = method.split("-")[1]
       dims, out_of_range = multihash_config(tfmh, n, dim, operation, budget)
       plan[name] = ("mh", {"dims": dims, "operation": operation,
-                           "out_of_range": out_of_range}, _params(dims))
+                           "out_of_range": out_of_range,
+                           "initializer": "uniform" if method.endswith(
+                               "-uniform") else None}, _params(dims))
   return plan
 
 
@@ -269,7 +279,8 @@ def build_model(tfmh, plan, vocab, dim, seed):
     else:
       emb = tfmh.keras.MultiHashEmbedding(
           dims=args["dims"], operation=args["operation"],
-          out_of_range=args["out_of_range"], name="emb_" + name)
+          out_of_range=args["out_of_range"],
+          embeddings_initializer=args["initializer"], name="emb_" + name)
     parts.append(emb(x))
   parts.append(inputs["genres"])
   h = keras.layers.Concatenate()(parts)
@@ -294,15 +305,20 @@ def log_loss(labels, probs):
   return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
 
 
-def train_and_eval(tfmh, plan, vocab, data, args, seed):
-  """Trains with Adam until the validation AUC has not improved for
-  args.patience epochs (at most args.epochs) and returns the test metrics of
-  the weights of the best validation epoch."""
+def make_optimizer(name, args):
   import keras
+  if name == "adam":
+    return keras.optimizers.Adam(args.lr)
+  return keras.optimizers.Adagrad(args.adagrad_lr)
 
+
+def train_and_eval(tfmh, plan, vocab, data, args, seed, optimizer):
+  """Trains with `optimizer` ("adam" or "adagrad") until the validation AUC
+  has not improved for args.patience epochs (at most args.epochs) and
+  returns the test metrics of the weights of the best validation epoch."""
   (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data
   model = build_model(tfmh, plan, vocab, args.dim, seed)
-  model.compile(optimizer=keras.optimizers.Adam(args.lr),
+  model.compile(optimizer=make_optimizer(optimizer, args),
                 loss="binary_crossentropy")
   best = (-1.0, None, 0)
   for epoch in range(1, args.epochs + 1):
@@ -328,16 +344,19 @@ def _mean_std(values):
 
 
 def summarize(runs):
-  """One row per (fraction, method): means and standard deviations."""
+  """One row per (optimizer, fraction, method): means and standard
+  deviations."""
   rows = []
   keys = []
   for r in runs:
-    k = (r["fraction"], r["method"])
+    k = (r["optimizer"], r["fraction"], r["method"])
     if k not in keys:
       keys.append(k)
-  for fraction, method in keys:
-    rs = [r for r in runs if r["fraction"] == fraction and r["method"] == method]
+  for optimizer, fraction, method in keys:
+    rs = [r for r in runs if r["optimizer"] == optimizer and
+          r["fraction"] == fraction and r["method"] == method]
     rows.append({
+        "optimizer": optimizer,
         "fraction": fraction, "method": method, "params": rs[0]["params"],
         "params_ratio": rs[0]["params_ratio"],
         "auc": _mean_std([r["test_auc"] for r in rs]),
@@ -353,29 +372,35 @@ def _frac_name(f):
 
 
 def write_markdown(path, rows, meta):
-  full = [r for r in rows if r["method"] == "full"]
-  ref = full[0]["auc"][0] if full else None
+  refs = {r["optimizer"]: r["auc"][0] for r in rows if r["method"] == "full"}
   lines = [
-      "| budget | method | embedding params (user+item+zip) | of full | "
-      "test AUC | test log loss | AUC vs full | best epochs |",
-      "|---|---|---:|---:|---|---|---:|---|",
+      "| optimizer | budget | method | embedding params (user+item+zip) | "
+      "of full | test AUC | test log loss | AUC vs full | best epochs |",
+      "|---|---|---|---:|---:|---|---|---:|---|",
   ]
   for r in rows:
+    ref = refs.get(r["optimizer"])
     delta = "" if ref is None or r["method"] == "full" else "%+.2f%%" % (
         100 * (r["auc"][0] - ref) / ref)
-    lines.append("| %s | %s | %d | %.3f | %.4f ± %.4f | %.4f ± %.4f | %s "
-                 "| %s |" % (
+    lines.append("| %s | %s | %s | %d | %.3f | %.4f ± %.4f | %.4f ± %.4f | "
+                 "%s | %s |" % (
+                     r["optimizer"],
                      _frac_name(r["fraction"]), r["method"], r["params"],
                      r["params_ratio"], r["auc"][0], r["auc"][1],
                      r["logloss"][0], r["logloss"][1], delta,
                      ", ".join(str(e) for e in r["epochs"])))
-  sizes = ["", "\"AUC vs full\" is relative to the full table's mean AUC. "
+  sizes = ["", "\"AUC vs full\" is relative to the full table's mean AUC "
+           "with the same optimizer. mh-mul-uniform is mh-mul with Keras's "
+           "\"uniform\" initializer (U(-0.05, 0.05)) on each table, whose "
+           "output starts near std 0.029**2 = 8e-4; every other multi-hash "
+           "row uses the layer's default initialisation (output std 0.029, "
+           "as keras.layers.Embedding's). "
            "\"best epochs\" is the validation-best epoch of each seed "
            "(at most %d)." % meta["max_epochs"], "",
            "Tables (rows x width; Q-R: quotient + remainder; \"wrap\": ids "
            "are taken modulo the capacity):", ""]
   for r in rows:
-    if r["method"] == "full":
+    if r["method"] == "full" or r["optimizer"] != rows[0]["optimizer"]:
       continue
     sizes.append("- %s %s: %s" % (_frac_name(r["fraction"]), r["method"],
                                   "; ".join("%s %s" % (k, v) for k, v in
@@ -387,9 +412,10 @@ def write_markdown(path, rows, meta):
       "# Multi-hash vs hashing trick vs full table on MovieLens-100k", "",
       "Generated by `benchmarks/quality/run.py` (%s). Mean ± standard "
       "deviation over %d seed(s); test set of %d ratings; target rating >= 4 "
-      "(%.1f%% positive in the test set)." % (
+      "(%.1f%% positive in the test set). Adam: learning rate %g; Adagrad: "
+      "learning rate %g (Keras's initial accumulator 0.1)." % (
           meta["args"], meta["seeds"], meta["n_test"],
-          100 * meta["test_positive_rate"]),
+          100 * meta["test_positive_rate"], meta["lr"], meta["adagrad_lr"]),
       "The small features (gender, age group, occupation: %d embedding "
       "params) are full tables in every method and are not counted above; "
       "the full model's user+item+zip tables have %d params." % (
@@ -405,7 +431,19 @@ def write_plot(path, rows, meta):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+  optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+  fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers),
+                                                        4.8), dpi=110,
+                           squeeze=False)
+  for ax, optimizer in zip(axes[0], optimizers):
+    _plot_one(ax, [r for r in rows if r["optimizer"] == optimizer], meta,
+              optimizer)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _plot_one(ax, rows, meta, optimizer):
   full = [r for r in rows if r["method"] == "full"]
   if full:
     m, s = full[0]["auc"]
@@ -413,28 +451,28 @@ def write_plot(path, rows, meta):
     ax.axhspan(m - s, m + s, color="black", alpha=0.08)
     ax.errorbar([1.0], [m], yerr=[s], color="black", marker="*", ms=10,
                 capsize=3, ls="none", label="full table")
-  styles = {"hash": ("tab:gray", "s"), "mh-add": ("tab:blue", "o"),
-            "mh-mul": ("tab:red", "^"), "mh-concat": ("tab:green", "D")}
-  for method, (color, marker) in styles.items():
+  styles = {"hash": ("tab:gray", "s", "-"), "mh-add": ("tab:blue", "o", "-"),
+            "mh-mul": ("tab:red", "^", "-"),
+            "mh-concat": ("tab:green", "D", "-"),
+            "mh-mul-uniform": ("tab:red", "v", ":")}
+  for method, (color, marker, style) in styles.items():
     rs = sorted([r for r in rows if r["method"] == method],
                 key=lambda r: r["params_ratio"])
     if not rs:
       continue
     ax.errorbar([r["params_ratio"] for r in rs], [r["auc"][0] for r in rs],
                 yerr=[r["auc"][1] for r in rs], color=color, marker=marker,
-                capsize=3, lw=1.5, label=method)
+                capsize=3, lw=1.5, ls=style, label=method)
   ax.set_xscale("log", base=2)
   ticks = [1, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
   ax.set_xticks(ticks)
   ax.set_xticklabels([_frac_name(t) for t in ticks])
   ax.set_xlabel("embedding parameters of user, item, zip (fraction of full)")
   ax.set_ylabel("test AUC (mean ± std, %d seeds)" % meta["seeds"])
-  ax.set_title("MovieLens-100k, rating >= 4: quality at a memory budget")
+  ax.set_title("MovieLens-100k, rating >= 4: %s" % {
+      "adam": "Adam", "adagrad": "Adagrad"}.get(optimizer, optimizer))
   ax.grid(True, alpha=0.3)
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  ax.legend(loc="lower right", fontsize=8)
 
 
 # ---------------------------------------------------------------------------
@@ -446,10 +484,17 @@ def parse_args(argv=None):
   p.add_argument("--patience", type=int, default=2,
                  help="epochs without a better validation AUC before stopping")
   p.add_argument("--batch-size", type=int, default=2048)
-  p.add_argument("--lr", type=float, default=4e-3)
+  p.add_argument("--lr", type=float, default=4e-3, help="Adam's")
+  p.add_argument("--adagrad-lr", type=float, default=1.0,
+                 help="Adagrad's learning rate (chosen from 0.01, 0.03, 0.1, "
+                 "0.3, 1 by the full table's validation AUC)")
+  p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
   p.add_argument("--dim", type=int, default=16,
                  help="embedding width of every feature (even, for concat)")
   p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--fractions", default=None,
+                 help="budgets to run, e.g. 1,1/2,1/4,1/8,1/16 (default: "
+                 "1,1/4,1/16)")
   p.add_argument("--quick", action="store_true",
                  help="1 seed, 2 epochs, budgets 1 and 1/16: a smoke run")
   p.add_argument("--out-dir", default=HERE)
@@ -462,11 +507,20 @@ def main(argv=None):
   if args.quick:
     args.seeds, args.epochs = 1, 2
   fractions = (1.0, 1 / 16) if args.quick else FRACTIONS
+  if args.fractions:
+    fractions = tuple(
+        1.0 / float(f.split("/")[1]) if "/" in f else float(f)
+        for f in args.fractions.split(","))
   methods = args.methods.split(",")
   for m in methods:
     if m not in METHODS:
       raise SystemExit("--methods: unknown method %r (choose from %s)" %
                        (m, ", ".join(METHODS)))
+  optimizers = args.optimizers.split(",")
+  for o in optimizers:
+    if o not in OPTIMIZERS:
+      raise SystemExit("--optimizers: unknown optimizer %r (choose from %s)"
+                       % (o, ", ".join(OPTIMIZERS)))
   if args.dim % 2:
     raise SystemExit("--dim must be even (concat halves it), got %d" %
                      args.dim)
@@ -489,37 +543,41 @@ def main(argv=None):
                        full_params), flush=True)
 
   runs = []
-  for fraction in fractions:
-    for method in methods:
-      if method == "full" and fraction != 1.0:
-        continue
-      if method == "hash" and fraction == 1.0:
-        continue  # id % vocab is the full table
-      plan = feature_plan(tfmh, method, fraction, vocab, args.dim)
-      params = sum(p for _, _, p in plan.values())
-      if any(r["method"] == method and r["params"] == params for r in runs):
-        # A Q-R layer cannot spend more than about half a full table (a
-        # quarter for concat, whose tables are half as wide): larger budgets
-        # give the same tables, which have already run.
-        continue
-      tables = {}
-      for n, (_, a, _) in plan.items():
-        dims = a.get("dims") or [[a.get("buckets") or a.get("input_dim"),
-                                  args.dim]]
-        tables[n] = " + ".join("%dx%d" % (r, w) for r, w in dims) + (
-            " (wrap)" if a.get("out_of_range") == "wrap" else "")
-      for seed in range(args.seeds):
-        t0 = time.time()
-        res = train_and_eval(tfmh, plan, vocab, data, args, seed)
-        res.update(fraction=fraction, method=method, seed=seed,
-                   params=params, params_ratio=params / full_params,
-                   tables=tables, seconds=time.time() - t0)
-        runs.append(res)
-        print("%-5s %-9s seed %d  params %6d (%.3f)  AUC %.4f  logloss "
-              "%.4f  epoch %d  %.1fs" % (
-                  _frac_name(fraction), method, seed, params,
-                  params / full_params, res["test_auc"], res["test_logloss"],
-                  res["best_epoch"], res["seconds"]), flush=True)
+  configs = [(o, f, m) for o in optimizers for f in fractions for m in methods]
+  for optimizer, fraction, method in configs:
+    if method == "full" and fraction != 1.0:
+      continue
+    if method == "hash" and fraction == 1.0:
+      continue  # id % vocab is the full table
+    if method == "mh-mul-uniform" and fraction not in UNIFORM_FRACTIONS:
+      continue
+    plan = feature_plan(tfmh, method, fraction, vocab, args.dim)
+    params = sum(p for _, _, p in plan.values())
+    if any(r["optimizer"] == optimizer and r["method"] == method and
+           r["params"] == params for r in runs):
+      # A Q-R layer cannot spend more than about half a full table (a
+      # quarter for concat, whose tables are half as wide): larger budgets
+      # give the same tables, which have already run.
+      continue
+    tables = {}
+    for n, (_, a, _) in plan.items():
+      dims = a.get("dims") or [[a.get("buckets") or a.get("input_dim"),
+                                args.dim]]
+      tables[n] = " + ".join("%dx%d" % (r, w) for r, w in dims) + (
+          " (wrap)" if a.get("out_of_range") == "wrap" else "")
+    for seed in range(args.seeds):
+      t0 = time.time()
+      res = train_and_eval(tfmh, plan, vocab, data, args, seed, optimizer)
+      res.update(optimizer=optimizer, fraction=fraction, method=method,
+                 seed=seed,
+                 params=params, params_ratio=params / full_params,
+                 tables=tables, seconds=time.time() - t0)
+      runs.append(res)
+      print("%-7s %-5s %-14s seed %d  params %6d (%.3f)  AUC %.4f  "
+            "logloss %.4f  epoch %d  %.1fs" % (
+                optimizer, _frac_name(fraction), method, seed, params,
+                params / full_params, res["test_auc"], res["test_logloss"],
+                res["best_epoch"], res["seconds"]), flush=True)
 
   rows = summarize(runs)
   meta = {
@@ -528,7 +586,8 @@ def main(argv=None):
       "test_positive_rate": float(data[2][1].mean()),
       "small_params": sum(vocab[n] * args.dim for n in SMALL),
       "full_params": full_params, "wall_s": time.time() - start,
-      "max_epochs": args.epochs,
+      "max_epochs": args.epochs, "lr": args.lr,
+      "adagrad_lr": args.adagrad_lr,
       "machine": "%d CPU cores" % os.cpu_count(),
   }
   os.makedirs(args.out_dir, exist_ok=True)
