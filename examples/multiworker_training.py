@@ -266,13 +266,25 @@ def train_custom(strategy, args, on_step=None):
   workers = strategy.num_replicas_in_sync
   per_worker = args.global_batch // workers
   with strategy.scope():
-    emb = tfmh.get_multihash_variable("emb", dims, operation="mul",
-                                      initializer=table_initializer(1))
+    if args.layer == "keras3":
+      # The Keras 3 layer used as a plain layer: its tables are Keras
+      # variables over mirrored tf.Variables.
+      emb = tfmh.keras.MultiHashEmbedding(
+          dims=dims, operation="mul",
+          embeddings_initializer=table_initializer(1))
+      emb.build()
+      tables = [t.value for t in emb.tables]
+      lookup = emb
+    else:
+      emb = tfmh.get_multihash_variable("emb", dims, operation="mul",
+                                        initializer=table_initializer(1))
+      tables = list(emb.trainable_variables)
+      lookup = lambda ids: tfmh.embedding_lookup(emb, ids)  # noqa: E731
     dense = tf.Variable(table_initializer(2)([width, 1]), name="dense")
     import tf_keras  # pylint: disable=g-import-not-at-top
     opt = tf_keras.optimizers.Adagrad(args.learning_rate)
     step = tf.Variable(0, dtype=tf.int64, name="step")
-  variables = list(emb.trainable_variables) + [dense]
+  variables = tables + [dense]
   ckpt = tf.train.Checkpoint(emb=emb, dense=dense, optimizer=opt, step=step)
   manager = None
   restored = 0
@@ -289,7 +301,7 @@ def train_custom(strategy, args, on_step=None):
 
   def replica_step(ids, labels):
     with tf.GradientTape() as tape:
-      pred = tf.squeeze(tf.matmul(tfmh.embedding_lookup(emb, ids), dense), -1)
+      pred = tf.squeeze(tf.matmul(lookup(ids), dense), -1)
       loss = tf.reduce_sum(tf.square(pred - labels)) / args.global_batch
     grads = reduce_gradients(tape.gradient(loss, variables), variables,
                              args.reduction)
@@ -318,7 +330,7 @@ def train_custom(strategy, args, on_step=None):
     if on_step is not None:
       on_step(t)
   return {"restored_step": restored, "losses": losses,
-          "tables": [local_value(strategy, t) for t in emb.tables],
+          "tables": [local_value(strategy, t) for t in tables],
           "dense": local_value(strategy, dense)}
 
 
@@ -474,6 +486,9 @@ def parse_args(argv=None):
   p.add_argument("--steps_per_epoch", type=int, default=5)
   p.add_argument("--learning_rate", type=float, default=0.1)
   p.add_argument("--reduction", choices=REDUCTIONS, default="auto")
+  p.add_argument("--layer", choices=("variable", "keras3"), default="variable",
+                 help="custom loop: tfmh.get_multihash_variable, or the Keras "
+                 "3 layer tfmh.keras.MultiHashEmbedding used as a plain layer")
   p.add_argument("--checkpoint_dir", default="")
   p.add_argument("--checkpoint_every", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)

@@ -224,3 +224,24 @@ def test_auto_reduction_sends_the_cheaper_bytes(tmp_path, dims, batch, zipf,
         assert sent[cheaper] < 0.8 * sent[other], sent
         assert sent["auto"] < sent[cheaper] + 0.5 * (
             sent[other] - sent[cheaper]), sent
+
+
+def test_custom_loop_two_workers_keras3_layer(tmp_path):
+    """tfmh.keras.MultiHashEmbedding (Keras 3) as a plain layer in the
+    custom loop: both workers end with the NumPy reference's tables."""
+    argv = CUSTOM + ["--layer=keras3",
+                     "--checkpoint_dir=" + str(tmp_path / "ckpt")]
+    two = cluster(argv, str(tmp_path / "two"), str(tmp_path))
+    losses = check_trained(two[0], custom_batches(12))
+    np.testing.assert_allclose(two[0]["losses"], losses, rtol=2e-4)
+    assert_same_tables(two[1], two[0], rtol=0, atol=0)
+
+
+def test_tf_keras_fit_two_workers_own_gradient_aggregation(tmp_path):
+    """tf_keras's own train step (its optimizer all-gathers the
+    IndexedSlices, --reduction=tf) ends with the NumPy reference's tables
+    too."""
+    two = cluster(FIT + ["--reduction=tf"], str(tmp_path / "two"),
+                  str(tmp_path))
+    check_trained(two[0], fit_batches(4, 3))
+    assert_same_tables(two[1], two[0], rtol=0, atol=0)
