@@ -67,7 +67,7 @@ def main():
   args = p.parse_args()
   print("| tables (rows x width, float32) | global batch, ids | rows touched "
         "per worker (max) | predicted sparse / dense | sent: sparse | dense | "
-        "auto | tf | auto took |")
+        "auto | tf | cheaper by prediction |")
   print("|---|---|---|---|---|---|---|---|---|")
   for dims, batch, zipf in CONFIGS:
     with tempfile.TemporaryDirectory() as d:
