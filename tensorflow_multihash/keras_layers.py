@@ -468,12 +468,9 @@ class MultiHashEmbedding(keras.layers.Layer):
   def compute_mask(self, inputs, mask=None):
     if not self.mask_zero:
       return None
-    if tf.as_dtype(inputs.dtype) == tf.string:
-      if isinstance(inputs, keras.KerasTensor):
-        return keras.KerasTensor(inputs.shape, dtype="bool")
-      return tf.not_equal(inputs, "")
     # keras.ops, not tf: functional models call this on symbolic inputs.
-    return keras.ops.not_equal(inputs, 0)
+    padding = "" if tf.as_dtype(inputs.dtype) == tf.string else 0
+    return keras.ops.not_equal(inputs, padding)
 
   def compute_output_shape(self, input_shape):
     return (*input_shape, self.output_dim)

@@ -417,6 +417,12 @@ def test_hash_strings(rng):
     assert not np.array_equal(tf.strings.to_hash_bucket_fast(words, 1024).numpy(), hashed)
     with pytest.raises(TypeError, match="pass hash_strings=True"):
         MHE(1000, 8)(words)
+    # In a functional model the mask of "" reaches the pooling.
+    inp = keras.Input(shape=(None,), dtype="string")
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling1D()(layer(inp)))
+    emb = layer(words).numpy()
+    np.testing.assert_allclose(model(tf.constant(words)).numpy(),
+                               [emb[0, :2].mean(0), emb[1].mean(0)], rtol=1e-5, atol=1e-7)
 
 
 def test_string_model_fits_saves_and_reloads(rng, tmp_path):
