@@ -451,6 +451,23 @@ __global__ void InitFirstBadKernel(int64_t* first_bad) {
   *first_bad = INT64_MAX;
 }
 
+// The smallest position of an out-of-range id into *first_bad (atomicMin;
+// InitFirstBadKernel runs first).
+template <typename Index>
+__global__ void __launch_bounds__(kBlock)
+    CheckIdsKernel(const __grid_constant__ Layout l,
+                   const Index* __restrict__ ids, int64_t n,
+                   int64_t* __restrict__ first_bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+       i < n; i += stride) {
+    if (!IdInRange(l, ids[i])) {
+      atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
+                static_cast<unsigned long long>(i));
+    }
+  }
+}
+
 // ------------------------------------------------------------ backward
 // Per-shard output pointers, by value.
 struct ShardOutputs {
@@ -2027,6 +2044,25 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
     LaunchLookupV<typename decltype(t)::type, decltype(vec)::value>(
         layout, shards, d_ids, ids64, n, d_out, d_first_bad, s);
   });
+  return cudaGetLastError();
+}
+
+Status LaunchCheckIds(const Layout& layout, IdType id_type, const void* d_ids,
+                      int64_t n, int64_t* d_first_bad, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (!LayoutOk(layout) || n < 0 || d_first_bad == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  TFMH_LAUNCH(1, 1, 0, s, InitFirstBadKernel)(d_first_bad);
+  if (n == 0) return cudaGetLastError();
+  const unsigned grid = GridFor(n, 0);
+  if (id_type == IdType::kInt64) {
+    TFMH_LAUNCH(grid, kBlock, 0, s, CheckIdsKernel<int64_t>)(
+        layout, static_cast<const int64_t*>(d_ids), n, d_first_bad);
+  } else {
+    TFMH_LAUNCH(grid, kBlock, 0, s, CheckIdsKernel<int32_t>)(
+        layout, static_cast<const int32_t*>(d_ids), n, d_first_bad);
+  }
   return cudaGetLastError();
 }
 

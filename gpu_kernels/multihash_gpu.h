@@ -40,6 +40,13 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
                     const ShardPointers& shards, const void* d_ids, int64_t n,
                     void* d_out, int64_t* d_first_bad, void* stream);
 
+// Only checks the ids: sets *d_first_bad to the smallest position of an id
+// outside [0, capacity), or to INT64_MAX if there is none (the same flag as
+// LaunchLookup's). The TensorFlow gradient kernel runs it first, so an
+// out-of-range id is an error on every device, as on the CPU.
+Status LaunchCheckIds(const Layout& layout, IdType id_type, const void* d_ids,
+                      int64_t n, int64_t* d_first_bad, void* stream);
+
 // ---------------------------------------------------------------- backward
 // Per-table sparse gradients with duplicate rows summed, in two phases
 // because output sizes depend on the data:

@@ -52,14 +52,32 @@ MultiHashKernelBase::MultiHashKernelBase(OpKernelConstruction* ctx)
                     "got \"", strategy, "\"")));
     strategy_ = tfmh::Strategy::kDeepRecQR;
   }
+  // Every attribute is checked here, by the kernel itself: eager calls
+  // never run the shape function, and a graph (a SavedModel) may have been
+  // edited. Lists are read as int64 and narrowed only once in range.
   std::vector<int64_t> widths, shards;
   OP_REQUIRES_OK(ctx, ctx->GetAttr("table_rows", &table_rows_));
   OP_REQUIRES_OK(ctx, ctx->GetAttr("table_widths", &widths));
   OP_REQUIRES_OK(ctx, ctx->GetAttr("num_shards", &shards));
-  table_widths_.assign(widths.begin(), widths.end());
-  num_shards_.assign(shards.begin(), shards.end());
   DataTypeVector table_types;
   OP_REQUIRES_OK(ctx, ctx->GetAttr("Ttables", &table_types));
+  int64_t out_width = 0, total_shards = 0;
+  const std::string error = tfmh::CheckAttrs(
+      strategy_, combine_, static_cast<int64_t>(table_rows_.size()),
+      table_rows_.data(), static_cast<int64_t>(widths.size()), widths.data(),
+      static_cast<int64_t>(shards.size()), shards.data(),
+      static_cast<int64_t>(table_types.size()), &out_width, &total_shards);
+  OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+  if (ctx->HasAttr("N")) {
+    int64_t n = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n));
+    OP_REQUIRES(ctx, n == total_shards,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "N must equal the number of shards, ", total_shards,
+                    " (the sum of num_shards), got ", n)));
+  }
+  table_widths_.assign(widths.begin(), widths.end());
+  num_shards_.assign(shards.begin(), shards.end());
   for (size_t i = 0; i < table_types.size(); ++i) {
     OP_REQUIRES(
         ctx, table_types[i] == dtype_ || table_types[i] == DT_RESOURCE,
@@ -144,8 +162,8 @@ absl::Status MultiHashKernelBase::CheckGradInputs(OpKernelContext* ctx,
                                                   const tfmh::Layout& l,
                                                   const Tensor& grad,
                                                   const Tensor& ids) const {
-  TensorShape expected = ids.shape();
-  expected.AddDim(l.out_width);
+  TensorShape expected;
+  TF_RETURN_IF_ERROR(OutputShape(ids, l, &expected));
   if (grad.shape() != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
         "grad must have shape ", expected.DebugString(), " (ids.shape + [",
@@ -156,6 +174,27 @@ absl::Status MultiHashKernelBase::CheckGradInputs(OpKernelContext* ctx,
     return absl::InvalidArgumentError(absl::StrCat(
         "N must equal the number of shards, ", num_shards, ", got ",
         ctx->num_outputs() / 2));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MultiHashKernelBase::OutputShape(const Tensor& ids,
+                                              const tfmh::Layout& l,
+                                              TensorShape* shape) {
+  if (ids.dims() >= TensorShape::MaxDimensions()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ids have rank ", ids.dims(), ", but the output (ids.shape + [",
+        l.out_width, "]) must have at most ", TensorShape::MaxDimensions(),
+        " dimensions, TensorFlow's limit: ids may have rank at most ",
+        TensorShape::MaxDimensions() - 1));
+  }
+  *shape = ids.shape();
+  absl::Status status = shape->AddDimWithStatus(l.out_width);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the output shape ids.shape + [", l.out_width, "] for ids of shape ",
+        ids.shape().DebugString(), " is not a valid tensor shape: ",
+        status.message()));
   }
   return absl::OkStatus();
 }

@@ -4,6 +4,7 @@
 #ifndef TENSORFLOW_MULTIHASH_CC_KERNELS_MULTIHASH_KERNEL_BASE_H_
 #define TENSORFLOW_MULTIHASH_CC_KERNELS_MULTIHASH_KERNEL_BASE_H_
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,12 +31,14 @@ class ResolvedTables {
   const std::vector<const Tensor*>& shards() const { return shards_; }
   const tfmh::Layout& layout() const { return layout_; }
 
-  // Flat data pointers of every shard, in layout order.
+  // Flat data pointers of every shard, in layout order (no heap: the
+  // layout holds at most kMaxShards shards).
   template <typename T>
-  std::vector<const T*> Data() const {
-    std::vector<const T*> data;
-    data.reserve(shards_.size());
-    for (const Tensor* t : shards_) data.push_back(t->flat<T>().data());
+  std::array<const T*, tfmh::kMaxShards> Data() const {
+    std::array<const T*, tfmh::kMaxShards> data = {};
+    for (size_t s = 0; s < shards_.size() && s < data.size(); ++s) {
+      data[s] = shards_[s]->flat<T>().data();
+    }
     return data;
   }
 
@@ -74,6 +77,11 @@ class MultiHashKernelBase : public OpKernel {
   // one (indices, values) output pair per shard.
   absl::Status CheckGradInputs(OpKernelContext* ctx, const tfmh::Layout& l,
                                const Tensor& grad, const Tensor& ids) const;
+
+  // ids.shape + [out_width], or InvalidArgument where that is no valid
+  // TensorShape (rank above TensorFlow's limit, element count overflow).
+  static absl::Status OutputShape(const Tensor& ids, const tfmh::Layout& l,
+                                  TensorShape* shape);
 
   absl::Status OutOfRangeError(const tfmh::Layout& layout, int64_t position,
                                int64_t id) const;

@@ -5,7 +5,6 @@
 #include <cstring>
 #include <numeric>
 #include <type_traits>
-#include <vector>
 
 #include "cc/kernels/multihash_kernel_base.h"
 #include "cc/kernels/multihash_mapping.h"
@@ -264,55 +263,69 @@ void LookupCpu(OpKernelContext* ctx, const tfmh::Layout& l,
         /*cost_per_unit=*/4 * l.out_width * (l.num_tables + 1), work);
 }
 
+// Temporaries come from the op's allocator (ctx->allocate_temp), as in
+// TensorFlow's own kernels: out of memory is a ResourceExhausted status,
+// never a C++ exception thrown through TensorFlow. Nothing below allocates
+// on the heap inside a worker thread.
+template <typename E>
+absl::Status AllocateTemp(OpKernelContext* ctx, int64_t n, Tensor* t,
+                          E** data) {
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(DataTypeToEnum<E>::value, TensorShape({n}), t));
+  *data = t->flat<E>().data();
+  return absl::OkStatus();
+}
+
 // The distinct rows of one table that the ids touch, ascending, with the
 // positions of the ids that touch each one: positions[seg[u]..seg[u+1]) for
 // unique row u, in increasing position order (so sums are deterministic).
 struct RowGroups {
-  std::vector<int64_t> unique_rows;
-  std::vector<int64_t> seg;
-  std::vector<int64_t> positions;
+  Tensor unique_t, seg_t, positions_t;
+  int64_t* unique_rows = nullptr;
+  int64_t* seg = nullptr;
+  int64_t* positions = nullptr;
+  int64_t num_unique = 0;
 };
 
-template <typename Index>
-void GroupRows(const tfmh::Layout& l, int j, const Index* ids, int64_t n,
-               RowGroups* g) {
-  std::vector<int64_t> row(n);
-  for (int64_t i = 0; i < n; ++i) {
-    row[i] = tfmh::TableRow(l, j, static_cast<int64_t>(ids[i]));
-  }
-  g->positions.resize(n);
-  g->unique_rows.clear();
-  g->seg.assign(1, 0);
-  if (l.rows[j] <= 4 * n + 4096) {
-    // Counting sort over the table's rows: linear, and small tables are the
-    // common case.
-    std::vector<int64_t> count(l.rows[j] + 1, 0);
-    for (int64_t i = 0; i < n; ++i) ++count[row[i] + 1];
-    for (int64_t r = 0; r < l.rows[j]; ++r) {
-      if (count[r + 1] > 0) {
-        g->unique_rows.push_back(r);
-        g->seg.push_back(g->seg.back() + count[r + 1]);
-      }
-      count[r + 1] += count[r];
+// Groups the ids by their row of table j (rj[i], from ComputeRows) by a
+// stable sort of the positions; for tables with many rows relative to the
+// number of ids (the others take the dense slots of DenseTableGrad).
+// std::stable_sort takes its buffer with a non-throwing new and sorts in
+// place without one.
+absl::Status GroupRows(OpKernelContext* ctx, const int64_t* rj, int64_t n,
+                       RowGroups* g) {
+  TF_RETURN_IF_ERROR(AllocateTemp(ctx, n, &g->positions_t, &g->positions));
+  std::iota(g->positions, g->positions + n, int64_t{0});
+  std::stable_sort(g->positions, g->positions + n,
+                   [rj](int64_t a, int64_t b) { return rj[a] < rj[b]; });
+  int64_t num_unique = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    if (p == 0 || rj[g->positions[p]] != rj[g->positions[p - 1]]) {
+      ++num_unique;
     }
-    for (int64_t i = 0; i < n; ++i) g->positions[count[row[i]]++] = i;
-  } else {
-    std::iota(g->positions.begin(), g->positions.end(), 0);
-    std::stable_sort(g->positions.begin(), g->positions.end(),
-                     [&row](int64_t a, int64_t b) { return row[a] < row[b]; });
-    for (int64_t p = 0; p < n; ++p) {
-      const int64_t r = row[g->positions[p]];
-      if (g->unique_rows.empty() || g->unique_rows.back() != r) {
-        if (!g->unique_rows.empty()) g->seg.push_back(p);
-        g->unique_rows.push_back(r);
-      }
-    }
-    if (n > 0) g->seg.push_back(n);
   }
+  g->num_unique = num_unique;
+  TF_RETURN_IF_ERROR(
+      AllocateTemp(ctx, num_unique, &g->unique_t, &g->unique_rows));
+  TF_RETURN_IF_ERROR(AllocateTemp(ctx, num_unique + 1, &g->seg_t, &g->seg));
+  int64_t u = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t r = rj[g->positions[p]];
+    if (p == 0 || r != rj[g->positions[p - 1]]) {
+      g->unique_rows[u] = r;
+      g->seg[u] = p;
+      ++u;
+    }
+  }
+  g->seg[num_unique] = n;
+  return absl::OkStatus();
 }
 
 // Sums the gradient of every unique row of table j into values (one row of
-// width[j] per unique row in [u_begin, u_end)).
+// width[j] per unique row in [u_begin, u_end)). Columns go through a small
+// stack accumulator kChunk at a time; every column's sum runs over the same
+// positions in the same order whatever the chunking, so the bits do not
+// depend on it.
 template <typename T, typename Index>
 void SumRowGrads(OpKernelContext* ctx, const tfmh::Layout& l,
                  const T* const* shards, int j, const Index* ids,
@@ -321,29 +334,32 @@ void SumRowGrads(OpKernelContext* ctx, const tfmh::Layout& l,
   using Acc = typename Accumulator<T>::type;
   const int width = l.width[j];
   auto work = [&](int64_t begin, int64_t end) {
-    std::vector<Acc> acc(width);
+    Acc acc[kChunk];
     const T* rows[tfmh::kMaxTables];
     for (int64_t u = u_begin + begin; u < u_begin + end; ++u) {
-      std::fill(acc.begin(), acc.end(), Acc(0));
-      for (int64_t p = g.seg[u]; p < g.seg[u + 1]; ++p) {
-        const int64_t i = g.positions[p];
-        const T* g_row = grad + i * l.out_width + l.col_offset[j];
-        if (l.combine == tfmh::Combine::kMul) {
-          for (int t = 0; t < l.num_tables; ++t) {
-            rows[t] = RowOf(l, shards, t, static_cast<int64_t>(ids[i]));
-          }
-          for (int c = 0; c < width; ++c) {
-            const Acc partial = tfmh::CombinePartial<Acc>(
-                l.combine, l.num_tables, j,
-                [&](int t) { return static_cast<Acc>(rows[t][c]); });
-            acc[c] += static_cast<Acc>(g_row[c]) * partial;
-          }
-        } else {
-          for (int c = 0; c < width; ++c) acc[c] += static_cast<Acc>(g_row[c]);
-        }
-      }
       T* out = values + (u - u_begin) * width;
-      for (int c = 0; c < width; ++c) out[c] = static_cast<T>(acc[c]);
+      for (int c0 = 0; c0 < width; c0 += kChunk) {
+        const int len = std::min(kChunk, width - c0);
+        std::fill(acc, acc + len, Acc(0));
+        for (int64_t p = g.seg[u]; p < g.seg[u + 1]; ++p) {
+          const int64_t i = g.positions[p];
+          const T* g_row = grad + i * l.out_width + l.col_offset[j] + c0;
+          if (l.combine == tfmh::Combine::kMul) {
+            for (int t = 0; t < l.num_tables; ++t) {
+              rows[t] = RowOf(l, shards, t, static_cast<int64_t>(ids[i])) + c0;
+            }
+            for (int c = 0; c < len; ++c) {
+              const Acc partial = tfmh::CombinePartial<Acc>(
+                  l.combine, l.num_tables, j,
+                  [&](int t) { return static_cast<Acc>(rows[t][c]); });
+              acc[c] += static_cast<Acc>(g_row[c]) * partial;
+            }
+          } else {
+            for (int c = 0; c < len; ++c) acc[c] += static_cast<Acc>(g_row[c]);
+          }
+        }
+        for (int c = 0; c < len; ++c) out[c0 + c] = static_cast<T>(acc[c]);
+      }
     }
   };
   const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
@@ -388,7 +404,7 @@ void ComputeRows(OpKernelContext* ctx, const tfmh::Layout& l, const Index* ids,
 // in order and reads only its own ids' gradient rows, so no grad row is read
 // twice for a table and nothing is serial but the O(n + rows) numbering.
 template <typename T>
-void SumRowGradsDense(OpKernelContext* ctx, const tfmh::Layout& l,
+absl::Status SumRowGradsDense(OpKernelContext* ctx, const tfmh::Layout& l,
                       const T* const* shards, int j, const int64_t* rows,
                       int64_t n, const int64_t* slot, const int64_t* counts,
                       int64_t num_unique, const T* grad,
@@ -401,7 +417,10 @@ void SumRowGradsDense(OpKernelContext* ctx, const tfmh::Layout& l,
       1, std::min<int64_t>(num_unique,
                            n * width < 32768 ? 1 : 2 * workers.num_threads)));
   // Block b holds slots [bound[b], bound[b + 1]).
-  std::vector<int64_t> bound(num_blocks + 1, num_unique);
+  Tensor bound_t;
+  int64_t* bound = nullptr;
+  TF_RETURN_IF_ERROR(AllocateTemp(ctx, num_blocks + 1, &bound_t, &bound));
+  std::fill(bound, bound + num_blocks + 1, num_unique);
   bound[0] = 0;
   {
     int b = 1;
@@ -443,6 +462,7 @@ void SumRowGradsDense(OpKernelContext* ctx, const tfmh::Layout& l,
   };
   Shard(workers.num_threads, workers.workers, num_blocks,
         /*cost_per_unit=*/1 << 20, work);
+  return absl::OkStatus();
 }
 }  // namespace
 
@@ -456,12 +476,12 @@ class MultiHashLookupCpuOp : public MultiHashKernelBase {
     OP_REQUIRES_OK(ctx, ResolveTables(ctx, &tables));
     const tfmh::Layout& layout = tables.layout();
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape(ids, layout, &out_shape));
     OP_REQUIRES_OK(ctx, CheckIds<Index>(layout, ids));
-    TensorShape out_shape = ids.shape();
-    out_shape.AddDim(layout.out_width);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
-    const std::vector<const T*> data = tables.Data<T>();
+    const auto data = tables.Data<T>();
     LookupCpu<T, Index>(ctx, layout, data.data(), ids.flat<Index>().data(),
                         ids.NumElements(), out->flat<T>().data());
   }
@@ -481,29 +501,32 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
     OP_REQUIRES_OK(ctx, CheckIds<Index>(l, ids));
     OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, l, grad, ids));
     const int num_shards = l.shard_begin[l.num_tables];
-    const std::vector<const T*> data = tables.Data<T>();
+    const auto data = tables.Data<T>();
     const Index* id_data = ids.flat<Index>().data();
     const int64_t n = ids.NumElements();
-    std::vector<int64_t> rows(static_cast<size_t>(l.num_tables) * n);
-    ComputeRows(ctx, l, id_data, n, rows.data());
+    Tensor rows_t;
+    int64_t* rows = nullptr;
+    OP_REQUIRES_OK(ctx, AllocateTemp(ctx, l.num_tables * n, &rows_t, &rows));
+    ComputeRows(ctx, l, id_data, n, rows);
     const T* grad_data = grad.flat<T>().data();
-    RowGroups groups;
     for (int j = 0; j < l.num_tables; ++j) {
       if (l.rows[j] <= 4 * n + 4096) {
-        OP_REQUIRES_OK(ctx, DenseTableGrad(ctx, l, data.data(), j,
-                                           rows.data(), n, grad_data));
+        OP_REQUIRES_OK(ctx, DenseTableGrad(ctx, l, data.data(), j, rows, n,
+                                           grad_data));
         continue;
       }
-      GroupRows(l, j, id_data, n, &groups);
+      RowGroups groups;
+      OP_REQUIRES_OK(ctx, GroupRows(ctx, rows + j * n, n, &groups));
+      const int64_t* unique_begin = groups.unique_rows;
+      const int64_t* unique_end = unique_begin + groups.num_unique;
       // Unique rows are ascending and shards are ascending row blocks, so
       // each shard's rows form one run of the unique rows.
       int64_t u_begin = 0;
       for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
         const int64_t row_end = l.shard_row[s] + tfmh::ShardRows(l, j, s);
         const int64_t u_end =
-            std::lower_bound(groups.unique_rows.begin(),
-                             groups.unique_rows.end(), row_end) -
-            groups.unique_rows.begin();
+            std::lower_bound(unique_begin, unique_end, row_end) -
+            unique_begin;
         const int64_t count = u_end - u_begin;
         Tensor* indices = nullptr;
         Tensor* values = nullptr;
@@ -519,8 +542,8 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
               static_cast<Index>(groups.unique_rows[u] - l.shard_row[s]);
         }
         if (count > 0) {
-          SumRowGrads<T, Index>(ctx, l, data.data(), j, id_data,
-                                grad.flat<T>().data(), groups, u_begin, u_end,
+          SumRowGrads<T, Index>(ctx, l, data.data(), j, id_data, grad_data,
+                                groups, u_begin, u_end,
                                 values->flat<T>().data());
         }
         u_begin = u_end;
@@ -538,20 +561,31 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
     const int num_shards = l.shard_begin[l.num_tables];
     const int width = l.width[j];
     const int64_t* rj = rows + j * n;
-    std::vector<int64_t> slot(l.rows[j], 0);
+    Tensor slot_t;
+    int64_t* slot = nullptr;
+    TF_RETURN_IF_ERROR(AllocateTemp(ctx, l.rows[j], &slot_t, &slot));
+    std::fill(slot, slot + l.rows[j], int64_t{0});
     for (int64_t i = 0; i < n; ++i) ++slot[rj[i]];
-    std::vector<int64_t> unique_rows, counts;
-    for (int64_t r = 0; r < l.rows[j]; ++r) {
-      if (slot[r] > 0) {
-        counts.push_back(slot[r]);
-        slot[r] = static_cast<int64_t>(unique_rows.size());
-        unique_rows.push_back(r);
+    int64_t num_unique = 0;
+    for (int64_t r = 0; r < l.rows[j]; ++r) num_unique += slot[r] > 0;
+    Tensor unique_t, counts_t;
+    int64_t* unique_rows = nullptr;
+    int64_t* counts = nullptr;
+    TF_RETURN_IF_ERROR(AllocateTemp(ctx, num_unique, &unique_t, &unique_rows));
+    TF_RETURN_IF_ERROR(AllocateTemp(ctx, num_unique, &counts_t, &counts));
+    {
+      int64_t u = 0;
+      for (int64_t r = 0; r < l.rows[j]; ++r) {
+        if (slot[r] > 0) {
+          counts[u] = slot[r];
+          unique_rows[u] = r;
+          slot[r] = u++;
+        }
       }
     }
-    const int64_t num_unique = static_cast<int64_t>(unique_rows.size());
     const bool single = l.shard_begin[j + 1] - l.shard_begin[j] == 1;
     const bool direct = single && std::is_same<Acc, T>::value;
-    std::vector<Acc> buffer;
+    Tensor buffer;
     Acc* acc = nullptr;
     Tensor* direct_values = nullptr;
     if (direct) {
@@ -566,22 +600,21 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
         idx(u) = static_cast<Index>(unique_rows[u]);
       }
       acc = reinterpret_cast<Acc*>(direct_values->flat<T>().data());
-      std::fill(acc, acc + num_unique * width, Acc(0));
     } else {
-      buffer.assign(num_unique * width, Acc(0));
-      acc = buffer.data();
+      TF_RETURN_IF_ERROR(AllocateTemp(ctx, num_unique * width, &buffer, &acc));
     }
+    std::fill(acc, acc + num_unique * width, Acc(0));
     if (num_unique > 0) {
-      SumRowGradsDense<T>(ctx, l, shards, j, rows, n, slot.data(),
-                          counts.data(), num_unique, grad, acc);
+      TF_RETURN_IF_ERROR(SumRowGradsDense<T>(ctx, l, shards, j, rows, n, slot,
+                                             counts, num_unique, grad, acc));
     }
     if (direct) return absl::OkStatus();
     int64_t u_begin = 0;
     for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
       const int64_t row_end = l.shard_row[s] + tfmh::ShardRows(l, j, s);
       const int64_t u_end =
-          std::lower_bound(unique_rows.begin(), unique_rows.end(), row_end) -
-          unique_rows.begin();
+          std::lower_bound(unique_rows, unique_rows + num_unique, row_end) -
+          unique_rows;
       const int64_t count = u_end - u_begin;
       Tensor* indices = nullptr;
       Tensor* values = nullptr;

@@ -119,8 +119,8 @@ class MultiHashLookupGpuOp : public MultiHashKernelBase {
     OP_REQUIRES_OK(ctx, ResolveTables(ctx, &tables));
     const tfmh::Layout& layout = tables.layout();
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
-    TensorShape out_shape = ids.shape();
-    out_shape.AddDim(layout.out_width);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape(ids, layout, &out_shape));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     const int64_t n = ids.NumElements();
@@ -167,11 +167,39 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     const tfmh::Layout& l = tables.layout();
     const Tensor& grad = ctx->input(0);
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
-    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, l, grad, ids));
-    const int num_shards = l.shard_begin[l.num_tables];
     const int64_t n = ids.NumElements();
     const tfmh::gpu::IdType id_type = GpuIdType<Index>();
     OpStream stream(ctx);
+    // The ids first, on the device, as the forward does: an out-of-range id
+    // is the same InvalidArgument error as on the CPU (the launchers below
+    // would only skip it).
+    if (n > 0) {
+      Tensor first_bad, first_bad_host;
+      OP_REQUIRES_OK(
+          ctx, ctx->allocate_temp(DT_INT64, TensorShape({1}), &first_bad));
+      OP_REQUIRES_OK(ctx, AllocatePinned(ctx, DT_INT64, 1, &first_bad_host));
+      int64_t* d_first_bad = first_bad.flat<int64_t>().data();
+      OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
+                                       tfmh::gpu::LaunchCheckIds(
+                                           l, id_type, ids.data(), n,
+                                           d_first_bad, stream.handle())));
+      int64_t* h_first_bad = first_bad_host.flat<int64_t>().data();
+      OP_REQUIRES_OK(ctx, stream.CopyToHost(h_first_bad, d_first_bad,
+                                            sizeof(int64_t)));
+      OP_REQUIRES_OK(ctx, stream.Wait());
+      if (*h_first_bad != std::numeric_limits<int64_t>::max()) {
+        const int64_t position = *h_first_bad;
+        Index bad_id = 0;
+        const Index* d_bad = ids.flat<Index>().data() + position;
+        OP_REQUIRES_OK(ctx, stream.CopyToHost(&bad_id, d_bad, sizeof(Index)));
+        OP_REQUIRES_OK(ctx, stream.Wait());
+        ctx->CtxFailure(
+            OutOfRangeError(l, position, static_cast<int64_t>(bad_id)));
+        return;
+      }
+    }
+    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, l, grad, ids));
+    const int num_shards = l.shard_begin[l.num_tables];
 
     // Phase 1 finds the distinct rows of every shard; their counts size the
     // outputs, so they come back to the host before phase 2. With
@@ -209,7 +237,8 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          algorithm)));
     OP_REQUIRES_OK(ctx, stream.Wait());
 
-    std::vector<void*> indices(num_shards), values(num_shards);
+    void* indices[tfmh::kMaxShards] = {};
+    void* values[tfmh::kMaxShards] = {};
     for (int j = 0; j < l.num_tables; ++j) {
       for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
         Tensor* idx = nullptr;
@@ -228,9 +257,8 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          l, GpuDType<T>::value, id_type,
                                          PointersOf(tables), ids.data(),
                                          grad.data(), n, workspace.data(),
-                                         ws_bytes, indices.data(),
-                                         values.data(), stream.handle(),
-                                         algorithm)));
+                                         ws_bytes, indices, values,
+                                         stream.handle(), algorithm)));
   }
 };
 

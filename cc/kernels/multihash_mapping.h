@@ -196,9 +196,86 @@ TFMH_HOST_DEVICE Acc CombinePartial(Combine op, int num_tables, int j,
 }
 
 
+// Host only. The widest output row the kernels handle: widths, column
+// offsets and the output width are int32 in Layout, and every sum of them
+// is computed in int64 and checked against this limit first.
+constexpr int64_t kMaxOutWidth = INT32_MAX;
+
+// Host only: checks the op's attributes by themselves, before any tensor is
+// seen (the kernels' constructors run it, so eager calls and tampered graphs
+// are checked too, and so does the shape function). Lists are read as given
+// (int64, any length): `rows`, `widths` and `shards` have num_rows,
+// num_widths and num_shards entries; num_tensors is the length of the
+// "tables" input list. Every sum is taken in int64 with explicit limits, so
+// nothing overflows or is narrowed. Returns "" on success, else a message
+// naming the attribute and the bad value; *out_width and *total_shards are
+// set on success.
+inline std::string CheckAttrs(Strategy strategy, Combine op, int64_t num_rows,
+                              const int64_t* rows, int64_t num_widths,
+                              const int64_t* widths, int64_t num_shards,
+                              const int64_t* shards, int64_t num_tensors,
+                              int64_t* out_width, int64_t* total_shards) {
+  auto num = [](int64_t v) { return std::to_string(v); };
+  if (num_widths != num_rows || num_shards != num_rows) {
+    return "table_rows, table_widths and num_shards must have one entry per "
+           "table, got " + num(num_rows) + ", " + num(num_widths) + " and " +
+           num(num_shards) + " entries";
+  }
+  if (num_rows < 2 || num_rows > kMaxTables) {
+    return "the number of tables (the length of table_rows) must be in [2, " +
+           num(kMaxTables) + "], got " + num(num_rows);
+  }
+  if ((strategy == Strategy::kQR || strategy == Strategy::kDeepRecQR) &&
+      num_rows != 2) {
+    return "the Q-R strategy needs exactly 2 tables, got " + num(num_rows);
+  }
+  int64_t width_sum = 0, shard_sum = 0;
+  for (int64_t j = 0; j < num_rows; ++j) {
+    if (rows[j] <= 0) {
+      return "table_rows[" + num(j) + "] must be positive, got " +
+             num(rows[j]);
+    }
+    if (widths[j] <= 0 || widths[j] > kMaxOutWidth) {
+      return "table_widths[" + num(j) + "] must be in [1, " +
+             num(kMaxOutWidth) + "], got " + num(widths[j]);
+    }
+    if (op != Combine::kConcat && widths[j] != widths[0]) {
+      return "add and mul need equal table widths, got " + num(widths[0]) +
+             " for table 0 and " + num(widths[j]) + " for table " + num(j);
+    }
+    if (shards[j] <= 0 || shards[j] > kMaxShards) {
+      return "num_shards[" + num(j) + "] must be in [1, " + num(kMaxShards) +
+             "], got " + num(shards[j]);
+    }
+    // Both terms are at most kMaxOutWidth / kMaxShards and there are at most
+    // kMaxTables of them: no int64 overflow before the checks.
+    width_sum += widths[j];
+    shard_sum += shards[j];
+    if (op == Combine::kConcat && width_sum > kMaxOutWidth) {
+      return "concat output rows would be " + num(width_sum) +
+             " wide after table " + num(j) + " (the sum of table_widths), "
+             "more than the " + num(kMaxOutWidth) + " supported";
+    }
+    if (shard_sum > kMaxShards) {
+      return "num_shards adds up to more than the " + num(kMaxShards) +
+             " shards supported in all";
+    }
+  }
+  if (shard_sum != num_tensors) {
+    return "num_shards adds up to " + num(shard_sum) + " shards, but " +
+           num(num_tensors) + " tables were given";
+  }
+  *out_width = op == Combine::kConcat ? width_sum : widths[0];
+  *total_shards = shard_sum;
+  return "";
+}
+
 // Host only: fills `l` from the per-table sizes and the row count of every
 // shard (flat, table by table). Returns "" on success, else a message naming
 // the bad field and value. The one place divisors and capacity are computed.
+// Widths, column offsets and the output width are summed in int64 and must
+// stay within kMaxOutWidth; shard row counts are summed in int64 with an
+// overflow check.
 inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
                               const int64_t* rows, const int32_t* widths,
                               const int32_t* shards_per_table,
@@ -216,6 +293,7 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
   l->num_tables = num_tables;
   l->combine = op;
   int total_shards = 0;
+  int64_t out_width = 0;
   for (int j = 0; j < num_tables; ++j) {
     if (rows[j] <= 0) {
       return "table " + num(j) + " must have a positive row count, got " +
@@ -229,9 +307,9 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
       return "add and mul need equal table widths, got " + num(widths[0]) +
              " for table 0 and " + num(widths[j]) + " for table " + num(j);
     }
-    if (shards_per_table[j] <= 0) {
-      return "table " + num(j) + " must have at least one shard, got " +
-             num(shards_per_table[j]);
+    if (shards_per_table[j] <= 0 || shards_per_table[j] > kMaxShards) {
+      return "table " + num(j) + " must have 1 to " + num(kMaxShards) +
+             " shards, got " + num(shards_per_table[j]);
     }
     if (total_shards + shards_per_table[j] > kMaxShards) {
       return "at most " + num(kMaxShards) + " shards in all are supported";
@@ -245,6 +323,10 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
         return "shard " + num(s - total_shards) + " of table " + num(j) +
                " has a negative row count " + num(shard_rows[s]);
       }
+      if (shard_rows[s] > INT64_MAX - start) {
+        return "the shards of table " + num(j) +
+               " hold more rows in all than int64 can count";
+      }
       l->shard_row[s] = start;
       start += shard_rows[s];
     }
@@ -253,9 +335,20 @@ inline std::string InitLayout(Strategy strategy, Combine op, int num_tables,
              " rows in all, but the table has " + num(rows[j]) + " rows";
     }
     total_shards += shards_per_table[j];
-    l->col_offset[j] = op == Combine::kConcat ? l->out_width : 0;
-    l->out_width = op == Combine::kConcat ? l->out_width + widths[j] : widths[0];
+    // out_width <= kMaxOutWidth before this step, widths[j] <= INT32_MAX:
+    // the int64 sum cannot overflow.
+    const int64_t next =
+        op == Combine::kConcat ? out_width + widths[j] : widths[0];
+    if (next > kMaxOutWidth) {
+      return "concat output rows would be " + num(next) + " wide after "
+             "table " + num(j) + " (the sum of the table widths), more than "
+             "the " + num(kMaxOutWidth) + " supported";
+    }
+    l->col_offset[j] =
+        op == Combine::kConcat ? static_cast<int32_t>(out_width) : 0;
+    out_width = next;
   }
+  l->out_width = static_cast<int32_t>(out_width);
   l->shard_begin[num_tables] = total_shards;
   if (strategy == Strategy::kCRT) {
     // id % rows_j picks a unique row tuple for every id below the product

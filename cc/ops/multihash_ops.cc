@@ -5,9 +5,12 @@
 // blocks, the layout TensorFlow's partitioners make), and every shard is
 // either a tensor (a reference variable arrives as one, without a copy) or a
 // resource handle that the kernel reads in place.
+#include "absl/strings/str_cat.h"
+#include "cc/kernels/multihash_mapping.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
 
 namespace tensorflow {
 namespace {
@@ -16,9 +19,10 @@ using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
 
-// Attributes shared by both ops, read and checked once for shape inference.
+// Attributes shared by both ops, read and checked once for shape inference
+// by the same tfmh::CheckAttrs as the kernels (lengths, ranges, and every
+// sum in int64 with explicit limits).
 struct MultiHashAttrs {
-  std::string operation;
   std::vector<int64_t> table_rows;
   std::vector<int64_t> table_widths;
   std::vector<int64_t> num_shards;
@@ -28,45 +32,46 @@ struct MultiHashAttrs {
 };
 
 absl::Status ReadAttrs(InferenceContext* c, MultiHashAttrs* a) {
-  TF_RETURN_IF_ERROR(c->GetAttr("operation", &a->operation));
+  std::string operation, strategy;
+  TF_RETURN_IF_ERROR(c->GetAttr("operation", &operation));
+  TF_RETURN_IF_ERROR(c->GetAttr("complementary_strategy", &strategy));
   TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &a->table_rows));
   TF_RETURN_IF_ERROR(c->GetAttr("table_widths", &a->table_widths));
   TF_RETURN_IF_ERROR(c->GetAttr("num_shards", &a->num_shards));
-  const size_t k = a->table_rows.size();
-  if (a->table_widths.size() != k || a->num_shards.size() != k) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "table_rows, table_widths and num_shards must have one entry per "
-        "table, got ",
-        k, ", ", a->table_widths.size(), " and ", a->num_shards.size()));
-  }
-  for (size_t j = 0; j < k; ++j) {
-    if (a->table_widths[j] <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "table_widths[", j, "] must be positive, got ", a->table_widths[j]));
-    }
-    if (a->num_shards[j] <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "num_shards[", j, "] must be positive, got ", a->num_shards[j]));
-    }
-    a->total_shards += a->num_shards[j];
-    if (a->operation == "concat") {
-      a->out_width += a->table_widths[j];
-    } else if (a->table_widths[j] != a->table_widths[0]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "operation '", a->operation, "' needs equal table widths, got ",
-          a->table_widths[0], " for table 0 and ", a->table_widths[j],
-          " for table ", j));
-    } else {
-      a->out_width = a->table_widths[0];
-    }
-  }
   TF_RETURN_IF_ERROR(c->GetAttr("Ttables", &a->table_types));
-  if (static_cast<int64_t>(a->table_types.size()) != a->total_shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "num_shards adds up to ", a->total_shards, " shards, but ",
-        a->table_types.size(), " tables were given"));
-  }
+  // The op's allowed values already restrict both strings; the kernel
+  // checks them again.
+  const tfmh::Combine combine =
+      operation == "concat" ? tfmh::Combine::kConcat
+      : operation == "mul"  ? tfmh::Combine::kMul
+                            : tfmh::Combine::kAdd;
+  const tfmh::Strategy st = strategy == "Q-R" ? tfmh::Strategy::kQR
+                            : strategy == "CRT"
+                                ? tfmh::Strategy::kCRT
+                                : tfmh::Strategy::kGeneralizedQR;
+  const std::string error = tfmh::CheckAttrs(
+      st, combine, static_cast<int64_t>(a->table_rows.size()),
+      a->table_rows.data(), static_cast<int64_t>(a->table_widths.size()),
+      a->table_widths.data(), static_cast<int64_t>(a->num_shards.size()),
+      a->num_shards.data(), static_cast<int64_t>(a->table_types.size()),
+      &a->out_width, &a->total_shards);
+  if (!error.empty()) return absl::InvalidArgumentError(error);
   return absl::OkStatus();
+}
+
+// ids.shape + [out_width], unless the output would have more dimensions
+// than TensorFlow allows.
+absl::Status OutputShape(InferenceContext* c, ShapeHandle ids,
+                         int64_t out_width, ShapeHandle* out) {
+  if (c->RankKnown(ids) &&
+      c->Rank(ids) >= TensorShape::MaxDimensions()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ids have rank ", c->Rank(ids), ", but the output (ids.shape + [",
+        out_width, "]) must have at most ", TensorShape::MaxDimensions(),
+        " dimensions, TensorFlow's limit: ids may have rank at most ",
+        TensorShape::MaxDimensions() - 1));
+  }
+  return c->Concatenate(ids, c->Vector(out_width), out);
 }
 
 // Each tensor shard must be a matrix of its table's width; resource shards
@@ -125,8 +130,8 @@ REGISTER_OP("MultiHashLookup")
       TF_RETURN_IF_ERROR(ReadAttrs(c, &a));
       TF_RETURN_IF_ERROR(CheckShardShapes(c, a, 0));
       ShapeHandle out;
-      TF_RETURN_IF_ERROR(c->Concatenate(c->input(c->num_inputs() - 1),
-                                        c->Vector(a.out_width), &out));
+      TF_RETURN_IF_ERROR(OutputShape(c, c->input(c->num_inputs() - 1),
+                                     a.out_width, &out));
       c->set_output(0, out);
       return absl::OkStatus();
     })
@@ -160,8 +165,18 @@ REGISTER_OP("MultiHashLookupGrad")
       MultiHashAttrs a;
       TF_RETURN_IF_ERROR(ReadAttrs(c, &a));
       TF_RETURN_IF_ERROR(CheckShardShapes(c, a, 1));
+      // One (indices, values) pair per shard: set_output past the op's
+      // outputs would throw, so N is checked first.
+      if (c->num_outputs() != 2 * a.total_shards) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "N must equal the number of shards, ", a.total_shards,
+            " (the sum of num_shards), got ", c->num_outputs() / 2));
+      }
       ShapeHandle grad;
       TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &grad));
+      ShapeHandle ids = c->input(c->num_inputs() - 1);
+      ShapeHandle expected;  // only for the rank check
+      TF_RETURN_IF_ERROR(OutputShape(c, ids, a.out_width, &expected));
       DimensionHandle width;
       TF_RETURN_IF_ERROR(
           c->WithValue(c->Dim(grad, -1), a.out_width, &width));
