@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 import multiworker_training as mw  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 
 def say(obj):
@@ -75,7 +74,7 @@ def bytes_task(args, extra):
     for reduction in extra["reductions"]:
         args.reduction = reduction
         # Warm up (trace, first collectives) then count over --steps steps.
-        warm = {"n": 0}
+        warm = {}
 
         def on_step(t, warm=warm):
             if t == extra["warmup"]:
