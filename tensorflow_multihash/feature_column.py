@@ -74,6 +74,10 @@ class MultiHashCategoricalColumn(
           "%s%s" % (self.key, input_tensor.dtype.name,
                     "; pass hash_strings=True to hash strings"
                     if values.dtype == tf.string else ""))
+    if values.dtype == tf.uint64 and self.out_of_range == "wrap":
+      # Unsigned arithmetic: as int64, 2**64 - 1 would be -1.
+      values = tf.math.floormod(values,
+                                tf.constant(self.num_buckets, tf.uint64))
     if values.dtype != tf.int64:
       values = tf.cast(values, tf.int64)
     if self.out_of_range == "wrap":

@@ -10,6 +10,7 @@ import math
 import numbers
 
 from tensorflow_multihash import multihash_ops
+from tensorflow_multihash.variable import MAX_CAPACITY
 from tensorflow_multihash.variable import MAX_PARTITIONS
 
 
@@ -21,14 +22,39 @@ def _positive_int(value, arg_name):
   return int(value)
 
 
+def _num_ids(value):
+  """num_ids as an int: a positive integer, or an integral float such as
+  1e9; at most MAX_CAPACITY (ids are int64)."""
+  if isinstance(value, numbers.Real) and not isinstance(
+      value, (bool, numbers.Integral)):
+    as_float = float(value)
+    if not math.isfinite(as_float) or as_float != math.floor(as_float):
+      raise ValueError("num_ids must be a positive integer (or an integral "
+                       "float such as 1e9), got %r" % (value,))
+    value = int(as_float)
+  num_ids = _positive_int(value, "num_ids")
+  if num_ids > MAX_CAPACITY + 1:
+    raise ValueError(
+        "num_ids must be at most 2**63 (ids are int64, so at most 2**63 ids "
+        "in [0, 2**63) can be named), got %d" % num_ids)
+  return num_ids
+
+
 def _iroot(n, k):
-  """The largest m with m ** k <= n (exact for any int n >= 1)."""
-  m = int(round(n ** (1.0 / k)))
-  while m ** k > n:
-    m -= 1
-  while (m + 1) ** k <= n:
-    m += 1
-  return m
+  """The largest m with m ** k <= n, in integer arithmetic only (exact for
+  any int n >= 1 and k >= 1; Newton's method from above, O(log n) steps)."""
+  if k == 1 or n < 2:
+    return n
+  if k == 2:
+    return math.isqrt(n)
+  # 2 ** ceil(bits / k) >= n ** (1/k): Newton's iterates decrease
+  # monotonically from any start above the root and stop at its floor.
+  x = 1 << -(-n.bit_length() // k)
+  while True:
+    y = ((k - 1) * x + n // x ** (k - 1)) // k
+    if y >= x:
+      return x
+    x = y
 
 
 def _balanced_rows(num_ids, k):
@@ -111,7 +137,8 @@ def multihash_dims(num_ids, width, num_of_partitions=2,
   ids sharing a quotient row at most `c`.
 
   Args:
-    num_ids: how many ids the table must hold (ids in [0, num_ids)).
+    num_ids: how many ids the table must hold (ids in [0, num_ids)): a
+      positive integer (an integral float such as 1e9 is taken as one).
     width: the embedding width of a looked-up id. For add and mul every table
       has this width; for concat it is split over the tables.
     num_of_partitions: k, the number of small tables (2 to 8).
@@ -125,9 +152,10 @@ def multihash_dims(num_ids, width, num_of_partitions=2,
     `get_multihash_variable(dims=...)`; rows are in descending order.
 
   Raises:
-    ValueError: a bad argument, named with its value.
+    ValueError: a bad argument, named with its value; a num_ids above 2**63,
+      or one whose tables would hold more ids than int64 ids can name.
   """
-  num_ids = _positive_int(num_ids, "num_ids")
+  num_ids = _num_ids(num_ids)
   width = _positive_int(width, "width")
   k = _positive_int(num_of_partitions, "num_of_partitions")
   multihash_ops.check_strategy(complementary_strategy)
@@ -150,4 +178,10 @@ def multihash_dims(num_ids, width, num_of_partitions=2,
     rows = _coprime_rows(num_ids, k)
   else:
     rows = _balanced_rows(num_ids, k)
+  capacity = math.prod(rows)
+  if capacity > MAX_CAPACITY:
+    raise ValueError(
+        "num_ids %d needs tables of %s rows, a capacity of %d ids, more than "
+        "int64 ids can name (at most 2**63 - 1); use a smaller num_ids" %
+        (num_ids, rows, capacity))
   return [[r, w] for r, w in zip(rows, widths)]

@@ -23,6 +23,8 @@ from tensorflow_multihash import multihash_ops
 MAX_PARTITIONS = 8
 # Ids are int64: a capacity beyond this has rows no id can reach.
 MAX_CAPACITY = 2**63 - 1
+# The widest output row (concat: the sum of the widths) the kernels take.
+MAX_OUT_WIDTH = 2**31 - 1
 
 # Sub-variable names, in table order: for k = 2 DeepRec's spelling (kept so
 # that its checkpoints restore by name), else numbered.
@@ -145,6 +147,13 @@ def validate_config(dims, num_of_partitions, complementary_strategy,
   if operation != "concat" and len(set(widths)) != 1:
     raise ValueError("operation %r needs equal widths in dims, got widths %s"
                      % (operation, widths))
+  out_width = sum(widths) if operation == "concat" else widths[0]
+  if out_width > MAX_OUT_WIDTH:
+    raise ValueError(
+        "dims give output rows %d wide (%s), more than the %d (2**31 - 1) "
+        "supported; got widths %s" %
+        (out_width, "the sum of the widths for concat" if operation ==
+         "concat" else "the table width", MAX_OUT_WIDTH, widths))
   multihash_ops.check_rows([r for r, _ in pairs], complementary_strategy)
   capacity = math.prod(r for r, _ in pairs)
   if capacity > MAX_CAPACITY:
