@@ -65,15 +65,17 @@ if [[ "$EMULATE" == 1 ]]; then
   echo "   accesses, NOT their speed"
   CXX="${CXX:-g++}"
   source "$ROOT/gpu_kernels/emu/cuda_include.sh"
-  if ! find_cuda_include "$NVCC"; then
-    echo "no CUDA toolkit headers found (set CUDA_INCLUDE)"; exit 3
+  PYTHON="${PYTHON:-${PYTHON_BIN_PATH:-$ROOT/.venv/bin/python}}"
+  if ! find_cuda_include "$NVCC" "$PYTHON"; then
+    echo "no CUDA toolkit headers found (set CUDA_INCLUDE, or run ./configure.sh:"
+    echo "TensorFlow's wheel carries them)"; exit 3
   fi
   echo "== $("$CXX" --version | head -1); CUDA headers: $CUDA_INCLUDE"
   # -fno-strict-aliasing: the kernels move bytes as uint4 / float4 / ushort
   # words, as CUDA code does; the host compiler's type-based aliasing must
   # not reorder those. -Wno-maybe-uninitialized: g++ cannot see through the
   # kernels' guards (loads and uses under the same condition).
-  EFLAGS=(-std=c++17 -DTFMH_CUDA_EMULATION -I"$ROOT" -I"$CUDA_INCLUDE"
+  EFLAGS=(-std=c++17 -DTFMH_CUDA_EMULATION -I"$ROOT" "${CUDA_INCLUDE_FLAGS[@]}"
           -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter
           -Wno-unknown-pragmas -Wno-maybe-uninitialized)
   SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=all

@@ -62,8 +62,8 @@ def emulated(mh):
     env = dict(os.environ, PYTHON=sys.executable)
     r = subprocess.run(["bash", str(ROOT / "gpu_kernels/emu/build_tf_emulation.sh")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    if r.returncode == 3:
-        pytest.skip(f"no CUDA toolkit headers to build the emulation: {r.stderr.strip()}")
+    # No skip: without a toolkit the build uses the CUDA headers TensorFlow's
+    # wheel carries, so a missing prerequisite is a failure.
     assert r.returncode == 0, (
         f"build_tf_emulation.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
     path = r.stdout.strip().splitlines()[-1]
@@ -379,30 +379,6 @@ def test_out_of_range_error_as_on_cpu(mh, emulated, id_dtype, bad):
         assert lines, e.value.message
         messages.append(lines[0])
     assert f"ids[3] = {bad} " in messages[0], messages[0]
-    assert "[0, 15)" in messages[0], messages[0]
-    assert messages[0] == messages[1]
-
-
-@pytest.mark.parametrize("id_dtype", ID_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("bad", [-1, 15, 2**31 - 1, -(2**31)])
-def test_grad_out_of_range_error_as_on_cpu(mh, emulated, id_dtype, bad):
-    # The gradient checks the ids on the device too (its sums would only
-    # skip a bad id): the same InvalidArgumentError, word for word, as the
-    # CPU gradient kernel.
-    ids = np.array([3, 14, 0, 7, bad, 2, bad], np.int64)
-
-    def build():
-        return mh.multihash_lookup_grad(tf.ones([7, 2]), [tf.ones([3, 2]), tf.ones([5, 2])],
-                                        tf.constant(ids, id_dtype), operation="mul")
-
-    messages = []
-    for label in (LABEL, None):
-        with pytest.raises(tf.errors.InvalidArgumentError) as e:
-            run(build, label=label)
-        lines = [ln.strip() for ln in e.value.message.splitlines() if "ids[" in ln]
-        assert lines, e.value.message
-        messages.append(lines[0])
-    assert f"ids[4] = {bad} is out of range" in messages[0], messages[0]
     assert "[0, 15)" in messages[0], messages[0]
     assert messages[0] == messages[1]
 

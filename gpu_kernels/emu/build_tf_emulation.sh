@@ -28,7 +28,7 @@ OUTDIR="$ROOT/gpu_kernels/build/tf_emu"
 LIB="$OUTDIR/_multihash_ops_gpu_emulation.so"
 
 source "$ROOT/gpu_kernels/emu/cuda_include.sh"
-if ! find_cuda_include "$NVCC"; then
+if ! find_cuda_include "$NVCC" "$PYTHON"; then
   echo "no CUDA toolkit headers found (set CUDA_INCLUDE)" >&2
   exit 3
 fi
@@ -69,7 +69,7 @@ trap 'rm -rf "$TMP"' EXIT
 COMMON=(-std=c++17 -O1 -fPIC -I"$ROOT" -fno-strict-aliasing "${ABI[@]}")
 # The CUDA side: the launchers and the emulated runtime (no TensorFlow
 # header), as with device_check.sh --emulate.
-EMU=(-DTFMH_CUDA_EMULATION -I"$CUDA_INCLUDE")
+EMU=(-DTFMH_CUDA_EMULATION "${CUDA_INCLUDE_FLAGS[@]}")
 pids=()
 "$CXX" "${COMMON[@]}" "${EMU[@]}" -x c++ -c gpu_kernels/multihash_gpu.cu \
     -o "$TMP/multihash_gpu.o" & pids+=($!)
