@@ -383,6 +383,30 @@ def test_out_of_range_error_as_on_cpu(mh, emulated, id_dtype, bad):
     assert messages[0] == messages[1]
 
 
+@pytest.mark.parametrize("id_dtype", ID_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("bad", [-1, 15, 2**31 - 1, -(2**31)])
+def test_grad_out_of_range_error_as_on_cpu(mh, emulated, id_dtype, bad):
+    # The gradient checks the ids on the device too (its sums would only
+    # skip a bad id): the same InvalidArgumentError, word for word, as the
+    # CPU gradient kernel.
+    ids = np.array([3, 14, 0, 7, bad, 2, bad], np.int64)
+
+    def build():
+        return mh.multihash_lookup_grad(tf.ones([7, 2]), [tf.ones([3, 2]), tf.ones([5, 2])],
+                                        tf.constant(ids, id_dtype), operation="mul")
+
+    messages = []
+    for label in (LABEL, None):
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            run(build, label=label)
+        lines = [ln.strip() for ln in e.value.message.splitlines() if "ids[" in ln]
+        assert lines, e.value.message
+        messages.append(lines[0])
+    assert f"ids[4] = {bad} is out of range" in messages[0], messages[0]
+    assert "[0, 15)" in messages[0], messages[0]
+    assert messages[0] == messages[1]
+
+
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_empty_ids(mh, emulated, rng, operation):
     widths = widths_for(operation)
