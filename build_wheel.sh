@@ -22,7 +22,8 @@
 #                       tensorflow==2.Y.* (created once, from PyPI) and a copy
 #                       of this tree's files (tracked and untracked, not
 #                       ignored), configured and built there; its own Bazel
-#                       output, kept for the next build (~1-2 min CPU-only)
+#                       output, kept for the next build (a build takes
+#                       3.5 minutes or more CPU-only on 2 cores)
 # The wheel itself is built offline: pip runs setup.py with the environment's
 # setuptools and wheel (--no-build-isolation), never an index (--no-index).
 set -euo pipefail
