@@ -247,8 +247,9 @@ inline std::string CheckAttrs(Strategy strategy, Combine op, int64_t num_rows,
       return "num_shards[" + num(j) + "] must be in [1, " + num(kMaxShards) +
              "], got " + num(shards[j]);
     }
-    // Both terms are at most kMaxOutWidth / kMaxShards and there are at most
-    // kMaxTables of them: no int64 overflow before the checks.
+    // Each width is at most kMaxOutWidth and each shard count at most
+    // kMaxShards (checked above), over at most kMaxTables tables: neither
+    // int64 sum can overflow.
     width_sum += widths[j];
     shard_sum += shards[j];
     if (op == Combine::kConcat && width_sum > kMaxOutWidth) {
