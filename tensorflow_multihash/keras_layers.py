@@ -108,9 +108,10 @@ class MultiHashEmbedding(keras.layers.Layer):
   which are turned into dims by `tensorflow_multihash.multihash_dims`.
 
   The default operation is "mul": in the quality study of this project
-  (benchmarks/quality) it keeps a recommender's AUC closest to a full table
-  at every budget, and its default initialisation (below) gives the output
-  the scale of `keras.layers.Embedding`'s.
+  (benchmarks/quality), trained with Adam, it keeps a recommender's AUC
+  closest to a full table at every budget. Its default initialisation
+  (below) gives the output the scale of `keras.layers.Embedding`'s, which
+  optimizers that do not rescale updates (Adagrad, SGD) need.
 
   Sparse updates: the gradient reaches each table as a `tf.IndexedSlices` of
   the distinct rows in the batch. Among Keras 3 optimizers (TensorFlow
