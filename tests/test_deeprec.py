@@ -265,6 +265,7 @@ def test_deeprec_mapping_saved_model_keeps_it(tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_tf1_saved_model_served_in_fresh_v1_process(tmp_path):
     """A TF1-builder SavedModel (reference variables, mul, partitioned)
     loads and serves in a new disable_v2_behavior() process that imports

@@ -25,6 +25,8 @@ from tensorflow_multihash import multihash_ops
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 import ps_training  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
+
 v1 = tf.compat.v1
 MODEL = ["--rows", "1000", "1000", "--width", "16", "--operation", "mul",
          "--batch_size", "256", "--timeout_s", "60"]

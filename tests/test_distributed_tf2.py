@@ -14,8 +14,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from mh_cluster import ROOT, child_env
+
+pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
 
 SCRIPT = ROOT + "/tests/tf2_strategy_task.py"
 

@@ -45,6 +45,7 @@ def test_docs_have_code():
 
 @pytest.mark.parametrize("page,line,source", CASES,
                          ids=["%s:%d" % (p, n) for p, n, _ in CASES])
+@pytest.mark.slow
 def test_doc_block_runs(tmp_path, page, line, source):
     env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="2")

@@ -48,6 +48,8 @@ from mh_testutil import (
     widths_for,
 )
 
+pytestmark = pytest.mark.slow  # builds the emulation library: not in the fast loop
+
 ROOT = Path(__file__).resolve().parents[1]
 LABEL = "gpu_emulation"
 OP_NAMES = ("MultiHashLookup", "MultiHashLookupGrad")

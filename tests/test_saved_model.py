@@ -141,11 +141,13 @@ def _check(p, exported):
     np.testing.assert_allclose(out["keras"], exported["want_keras"], **TOL)
 
 
+@pytest.mark.slow
 def test_fresh_process_with_package(exported):
     _check(_run("sys.path.insert(0, %r)\nimport tensorflow_multihash" % ROOT, exported),
            exported)
 
 
+@pytest.mark.slow
 def test_fresh_process_with_op_library_only(tfmh, exported):
     lib = tfmh.multihash_ops.LIBRARY_PATH
     assert os.path.exists(lib)
@@ -154,12 +156,14 @@ def test_fresh_process_with_op_library_only(tfmh, exported):
     assert "tensorflow_multihash" not in p.stdout
 
 
+@pytest.mark.slow
 def test_fresh_process_without_library_names_op(exported):
     p = _run("", exported)
     assert p.returncode != 0, p.stdout
     assert "MultiHashLookup" in p.stderr, p.stderr[-4000:]
 
 
+@pytest.mark.slow
 def test_without_library_each_export_names_op(exported):
     """Every export kind (not only the first one loaded) needs the library:
     one fresh process tries each and prints what it raised."""

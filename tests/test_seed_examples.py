@@ -12,6 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = ("import tensorflow.compat.v1 as tf\n"
           "tf.disable_v2_behavior()\n"

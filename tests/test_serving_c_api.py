@@ -16,6 +16,8 @@ import tensorflow as tf
 from mh_apiutil import tfmh  # noqa: F401  (fixture)
 import mh_serving
 
+pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_DIR = os.path.join(ROOT, "bazel-bin", "examples", "serving")
 CLIENT = os.path.join(BIN_DIR, "multihash_serving_client")

@@ -31,6 +31,8 @@ import zipfile
 import pytest
 import tensorflow as tf
 
+pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The supported releases, 2.16 to 2.21 (docs/tensorflow_versions.md).
 TF_MIN_MINOR, TF_MAX_MINOR = 16, 21
