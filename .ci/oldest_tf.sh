@@ -5,10 +5,13 @@
 # library) untouched: in a temporary folder, a copy of the files git knows, a
 # virtual environment with tensorflow==2.16.* from PyPI, and that copy's own
 # Bazel output (expunged at the end). Then ./configure.sh there (which must
-# keep 2.16 and add tf_keras 2.16), and the fast tier of the tests
-# (-m "not slow"). Any nonzero exit fails CI, pytest's 5 (no tests) included.
+# keep 2.16 and add tf_keras 2.16), the fast tier of the tests (-m "not slow"),
+# and the slow tests that depend on the release most: the wheel (its
+# requirement and tag), the seed examples as users run them, and the C API
+# client built against that release's headers. Any nonzero exit fails CI,
+# pytest's 5 (no tests) included.
 #
-# Usage: bash .ci/oldest_tf.sh [pytest arguments, default: -q -m "not slow" tests]
+# Usage: bash .ci/oldest_tf.sh [pytest arguments, instead of the two runs above]
 #   TFMH_OLDEST_TF=2.16    the release to test
 #   TFMH_BASE_PYTHON=...   the Python for the environment (default: python3;
 #                          TensorFlow 2.16 has wheels for Python 3.9 to 3.12)
@@ -16,9 +19,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RELEASE="${TFMH_OLDEST_TF:-2.16}"
 BASE_PYTHON="${TFMH_BASE_PYTHON:-$(command -v python3)}"
-if [ $# -eq 0 ]; then
-  set -- -q -m "not slow" tests
-fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tfmh-tf$RELEASE.XXXXXX")"
 cleanup() {
@@ -56,8 +56,19 @@ after="$(tf_version)"
 "$PY" -m pip list 2>/dev/null | grep -E -i '^(tensorflow|tf[_-]keras|keras|numpy) '
 say "configured; TensorFlow still $after"
 
-say "pytest $*"
-rc=0
-"$PY" -m pytest "$@" || rc=$?
-say "pytest exit $rc"
-exit "$rc"
+run_pytest() {
+  say "pytest $*"
+  local rc=0
+  "$PY" -m pytest "$@" || rc=$?
+  say "pytest exit $rc"
+  return "$rc"
+}
+if [ $# -gt 0 ]; then
+  run_pytest "$@"
+else
+  rc=0
+  run_pytest -q -m "not slow" tests || rc=1
+  run_pytest -q -m slow tests/test_wheel.py tests/test_seed_examples.py \
+    tests/test_serving_c_api.py || rc=1
+  exit "$rc"
+fi

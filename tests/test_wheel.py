@@ -31,8 +31,6 @@ import zipfile
 import pytest
 import tensorflow as tf
 
-pytestmark = pytest.mark.slow  # starts processes or builds: not in the fast loop
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The supported releases, 2.16 to 2.21 (docs/tensorflow_versions.md).
 TF_MIN_MINOR, TF_MAX_MINOR = 16, 21
@@ -52,6 +50,7 @@ def wheel(tmp_path_factory):
     return wheels[0]
 
 
+@pytest.mark.slow  # builds the wheel (once per module)
 def test_wheel_contents(wheel):
     assert re.fullmatch(
         r"tensorflow_multihash-0\.1\.0\+tf%s-py3-none-(linux|manylinux_\d+_\d+)_%s\.whl"
@@ -76,6 +75,7 @@ def test_wheel_contents(wheel):
     assert re.findall(r"^Tag: (.*)$", info, re.M) == [tag], info
 
 
+@pytest.mark.slow  # builds the wheel (once per module)
 def test_wheel_passes_auditwheel_show(wheel):
     """The manylinux tag is the one auditwheel finds from the library's symbol
     versions, and the only library outside the manylinux set is TensorFlow's
@@ -99,6 +99,7 @@ def test_wheel_passes_auditwheel_show(wheel):
     assert not report["unsupported_isa"], report
 
 
+@pytest.mark.slow  # builds the wheel (once per module)
 def test_wheel_installs_and_runs_quickstart(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
