@@ -27,6 +27,9 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The kernels and launchers: every gpu_kernels/*.cu, as the BUILD compiles
+# them (one compiler run each).
+KERNEL_SRCS=(gpu_kernels/*.cu)
 BUILD_ONLY=0
 EMULATE=0
 for arg in "$@"; do
@@ -84,9 +87,12 @@ if [[ "$EMULATE" == 1 ]]; then
 
   emu_build() {  # dir, then extra compiler flags
     local dir="$1"; shift
-    local t0=$SECONDS src fail=0 pids=()
+    local t0=$SECONDS src fail=0 pids=() kernel_objs=()
     mkdir -p "$dir"
-    for src in gpu_kernels/multihash_gpu.cu gpu_kernels/tests/multihash_gpu_test.cu \
+    for src in "${KERNEL_SRCS[@]}"; do
+      kernel_objs+=("$dir/$(basename "${src%.*}").o")
+    done
+    for src in "${KERNEL_SRCS[@]}" gpu_kernels/tests/multihash_gpu_test.cu \
                gpu_kernels/emu/cuda_emu.cc gpu_kernels/emu/cuda_emu_test.cc; do
       "$CXX" "${EFLAGS[@]}" "$@" -x c++ -c "$src" \
           -o "$dir/$(basename "${src%.*}").o" & pids+=($!)
@@ -94,7 +100,7 @@ if [[ "$EMULATE" == 1 ]]; then
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
     if [[ "$fail" != 0 ]]; then echo "== BUILD FAILED"; return 1; fi
     "$CXX" "$@" -o "$dir/multihash_gpu_test" "$dir/multihash_gpu_test.o" \
-        "$dir/multihash_gpu.o" "$dir/cuda_emu.o" &&
+        "${kernel_objs[@]}" "$dir/cuda_emu.o" &&
       "$CXX" "$@" -o "$dir/cuda_emu_test" "$dir/cuda_emu_test.o" "$dir/cuda_emu.o" ||
       { echo "== LINK FAILED"; return 1; }
     echo "   built in $((SECONDS - t0)) s"
@@ -172,14 +178,20 @@ compile() {  # src obj
 T0=$SECONDS
 echo "== building in $BUILD ($NPROC cores)"
 # The kernels take longest; the test and bench compile beside them.
-compile gpu_kernels/multihash_gpu.cu "$BUILD/multihash_gpu.o" & P1=$!
-compile gpu_kernels/tests/multihash_gpu_test.cu "$BUILD/multihash_gpu_test.o" & P2=$!
-compile gpu_kernels/tests/multihash_gpu_bench.cu "$BUILD/multihash_gpu_bench.o" & P3=$!
+PIDS=()
+KERNEL_OBJS=()
+for src in "${KERNEL_SRCS[@]}"; do
+  obj="$BUILD/$(basename "${src%.*}").o"
+  KERNEL_OBJS+=("$obj")
+  compile "$src" "$obj" & PIDS+=($!)
+done
+compile gpu_kernels/tests/multihash_gpu_test.cu "$BUILD/multihash_gpu_test.o" & PIDS+=($!)
+compile gpu_kernels/tests/multihash_gpu_bench.cu "$BUILD/multihash_gpu_bench.o" & PIDS+=($!)
 FAIL=0
-for p in $P1 $P2 $P3; do wait "$p" || FAIL=1; done
+for p in "${PIDS[@]}"; do wait "$p" || FAIL=1; done
 if [[ "$FAIL" != 0 ]]; then echo "== BUILD FAILED"; exit 1; fi
-"$NVCC" "${GENCODE[@]}" -o "$BUILD/multihash_gpu_test" "$BUILD/multihash_gpu_test.o" "$BUILD/multihash_gpu.o" || { echo "== LINK FAILED"; exit 1; }
-"$NVCC" "${GENCODE[@]}" -o "$BUILD/multihash_gpu_bench" "$BUILD/multihash_gpu_bench.o" "$BUILD/multihash_gpu.o" || { echo "== LINK FAILED"; exit 1; }
+"$NVCC" "${GENCODE[@]}" -o "$BUILD/multihash_gpu_test" "$BUILD/multihash_gpu_test.o" "${KERNEL_OBJS[@]}" || { echo "== LINK FAILED"; exit 1; }
+"$NVCC" "${GENCODE[@]}" -o "$BUILD/multihash_gpu_bench" "$BUILD/multihash_gpu_bench.o" "${KERNEL_OBJS[@]}" || { echo "== LINK FAILED"; exit 1; }
 echo "== build done in $((SECONDS - T0)) s"
 if [[ "$BUILD_ONLY" == 1 ]]; then exit 0; fi
 

@@ -31,6 +31,31 @@ struct ShardPointers {
 using Status = int;
 const char* ErrorString(Status status);
 
+// ---------------------------------------------------------------- options
+// Kernel variants that only the standalone test and the benchmark choose:
+// the launchers read no environment, they take these. The defaults are
+// what the library runs. The three backward calls of one gradient
+// (LookupGradWorkspaceBytes, LaunchLookupGradPrepare and
+// LaunchLookupGradFinish) must get the same options, since each derives
+// the workspace plan from them.
+enum class SortedMerge : int32_t {
+  kAuto = 0,    // merge equal ids first where that moves fewer bytes
+  kNever = 1,
+  kAlways = 2,  // for any op and any n > 0
+};
+
+struct LaunchOptions {
+  // Ids per batch of the forward kernel when num_tables <= 2: 2, 4 or 8
+  // (any other value means 4, the default).
+  int forward_batch = 4;
+  // The sorted gradient sorts 64-bit keys even where 32 bits hold every
+  // (table, row) key (they are 64-bit anyway where the tables' rows add up
+  // to more than 2^32 - 1).
+  bool force_key64 = false;
+  // Whether kSorted merges equal ids first (see SortedMergesIds).
+  SortedMerge sorted_merge = SortedMerge::kAuto;
+};
+
 // ---------------------------------------------------------------- forward
 // out[i, :] = combine of the rows of ids[i] (n ids, out is n x out_width).
 // Ids outside [0, capacity) write a zero row and set *d_first_bad to the
@@ -38,7 +63,8 @@ const char* ErrorString(Status status);
 // to INT64_MAX. No table is ever read outside its shards.
 Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
                     const ShardPointers& shards, const void* d_ids, int64_t n,
-                    void* d_out, int64_t* d_first_bad, void* stream);
+                    void* d_out, int64_t* d_first_bad, void* stream,
+                    const LaunchOptions& options = LaunchOptions());
 
 // Only checks the ids: sets *d_first_bad to the smallest position of an id
 // outside [0, capacity), or to INT64_MAX if there is none (the same flag as
@@ -86,22 +112,24 @@ GradAlgorithm ChosenGradAlgorithm(const Layout& layout, int64_t n,
                                   GradAlgorithm requested);
 
 // Whether kSorted merges equal ids first for this layout, table type and
-// id count (it does where that moves at most 3/4 of the bytes; the
-// environment variable TFMH_GPU_SORTED_MERGE=0 or =1 forces never or
-// always).
-bool SortedMergesIds(const Layout& layout, DType dtype, int64_t n);
+// id count (with SortedMerge::kAuto it does where that moves at most 3/4
+// of the bytes; options.sorted_merge can force never or always).
+bool SortedMergesIds(const Layout& layout, DType dtype, int64_t n,
+                     const LaunchOptions& options = LaunchOptions());
 
 // 0 if the layout or n is not supported by the algorithm. The dtype enters
 // through the choice of the sorted path's variant (its byte counts).
 size_t LookupGradWorkspaceBytes(const Layout& layout, DType dtype,
                                 IdType id_type, int64_t n,
-                                GradAlgorithm algorithm = GradAlgorithm::kAuto);
+                                GradAlgorithm algorithm = GradAlgorithm::kAuto,
+                                const LaunchOptions& options = LaunchOptions());
 
 Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
                                IdType id_type, const void* d_ids, int64_t n,
                                void* d_workspace, size_t workspace_bytes,
                                int64_t* h_shard_counts, void* stream,
-                               GradAlgorithm algorithm = GradAlgorithm::kAuto);
+                               GradAlgorithm algorithm = GradAlgorithm::kAuto,
+                               const LaunchOptions& options = LaunchOptions());
 
 Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               IdType id_type, const ShardPointers& shards,
@@ -109,7 +137,8 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
                               void* d_workspace, size_t workspace_bytes,
                               void* const* d_indices, void* const* d_values,
                               void* stream,
-                              GradAlgorithm algorithm = GradAlgorithm::kAuto);
+                              GradAlgorithm algorithm = GradAlgorithm::kAuto,
+                              const LaunchOptions& options = LaunchOptions());
 
 }  // namespace gpu
 }  // namespace tfmh

@@ -11,6 +11,7 @@
 // without a GPU. Only OpStream and the registration differ between the two.
 #if GOOGLE_CUDA || TFMH_TF_GPU_EMULATION
 
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -107,6 +108,21 @@ absl::Status AllocatePinned(OpKernelContext* ctx, DataType dtype, int64_t n,
   return ctx->allocate_temp(dtype, TensorShape({n}), t, attr);
 }
 
+// The launchers read no environment; their defaults are the release
+// behaviour. The one exception is for tests/test_gpu_kernels_emulated.py:
+// TFMH_GPU_SORTED_MERGE = 0 or 1 makes the sorted gradient never or always
+// merge equal ids first. It is read once, when the kernel is constructed.
+tfmh::gpu::LaunchOptions GradLaunchOptionsFromEnvironment() {
+  tfmh::gpu::LaunchOptions options;
+  const char* merge = std::getenv("TFMH_GPU_SORTED_MERGE");
+  if (merge != nullptr && merge[0] == '0') {
+    options.sorted_merge = tfmh::gpu::SortedMerge::kNever;
+  } else if (merge != nullptr && merge[0] == '1') {
+    options.sorted_merge = tfmh::gpu::SortedMerge::kAlways;
+  }
+  return options;
+}
+
 }  // namespace
 
 template <typename T, typename Index>
@@ -139,7 +155,8 @@ class MultiHashLookupGpuOp : public MultiHashKernelBase {
                           tfmh::gpu::LaunchLookup(
                               layout, GpuDType<T>::value, GpuIdType<Index>(),
                               PointersOf(tables), ids.data(), n, out->data(),
-                              d_first_bad, stream.handle())));
+                              d_first_bad, stream.handle(),
+                              tfmh::gpu::LaunchOptions())));
     int64_t* h_first_bad = first_bad_host.flat<int64_t>().data();
     OP_REQUIRES_OK(ctx,
                    stream.CopyToHost(h_first_bad, d_first_bad, sizeof(int64_t)));
@@ -159,7 +176,9 @@ class MultiHashLookupGpuOp : public MultiHashKernelBase {
 template <typename T, typename Index>
 class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
  public:
-  using MultiHashKernelBase::MultiHashKernelBase;
+  explicit MultiHashLookupGradGpuOp(OpKernelConstruction* ctx)
+      : MultiHashKernelBase(ctx),
+        options_(GradLaunchOptionsFromEnvironment()) {}
 
   void Compute(OpKernelContext* ctx) override {
     ResolvedTables tables;
@@ -211,7 +230,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                 : tfmh::gpu::GradAlgorithm::kAuto;
     const size_t ws_bytes =
         tfmh::gpu::LookupGradWorkspaceBytes(l, GpuDType<T>::value, id_type, n,
-                                            algorithm);
+                                            algorithm, options_);
     if (ws_bytes == 0) {
       int64_t rows = 0;
       for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
@@ -234,7 +253,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          l, GpuDType<T>::value, id_type,
                                          ids.data(), n, workspace.data(),
                                          ws_bytes, h_counts, stream.handle(),
-                                         algorithm)));
+                                         algorithm, options_)));
     OP_REQUIRES_OK(ctx, stream.Wait());
 
     void* indices[tfmh::kMaxShards] = {};
@@ -258,8 +277,13 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
                                          PointersOf(tables), ids.data(),
                                          grad.data(), n, workspace.data(),
                                          ws_bytes, indices, values,
-                                         stream.handle(), algorithm)));
+                                         stream.handle(), algorithm,
+                                         options_)));
   }
+
+ private:
+  // The same for all three launcher calls of a gradient, as they require.
+  const tfmh::gpu::LaunchOptions options_;
 };
 
 #if GOOGLE_CUDA

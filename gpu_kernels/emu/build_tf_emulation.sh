@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test-only op-kernel library in which the TensorFlow GPU kernels
 # (cc/kernels/multihash_kernels_gpu.cc) run inside TensorFlow without a GPU:
-# the CUDA launchers (gpu_kernels/multihash_gpu.cu) are compiled by the host
+# the CUDA launchers (gpu_kernels/*.cu) are compiled by the host
 # compiler over the CPU emulation of CUDA (gpu_kernels/emu), and the kernels
 # register on the CPU device under the kernel label "gpu_emulation". A graph
 # built under
@@ -33,10 +33,12 @@ if ! find_cuda_include "$NVCC" "$PYTHON"; then
   exit 3
 fi
 
+KERNEL_SRCS=(gpu_kernels/*.cu)
 SRCS=(cc/kernels/multihash_kernels_gpu.cc cc/kernels/multihash_kernel_base.cc
-      gpu_kernels/multihash_gpu.cu gpu_kernels/emu/cuda_emu.cc
+      "${KERNEL_SRCS[@]}" gpu_kernels/emu/cuda_emu.cc
       gpu_kernels/emu/tf_emulation_init.cc)
-DEPS=("${SRCS[@]}" cc/kernels/*.h gpu_kernels/*.h gpu_kernels/emu/*.h
+DEPS=("${SRCS[@]}" cc/kernels/*.h gpu_kernels/*.h gpu_kernels/*.cuh
+      gpu_kernels/emu/*.h
       gpu_kernels/emu/build_tf_emulation.sh)
 # TensorFlow's flags, and the version and location of the TensorFlow they
 # come from: a library built against another TensorFlow is rebuilt.
@@ -71,8 +73,12 @@ COMMON=(-std=c++17 -O1 -fPIC -I"$ROOT" -fno-strict-aliasing "${ABI[@]}")
 # header), as with device_check.sh --emulate.
 EMU=(-DTFMH_CUDA_EMULATION "${CUDA_INCLUDE_FLAGS[@]}")
 pids=()
-"$CXX" "${COMMON[@]}" "${EMU[@]}" -x c++ -c gpu_kernels/multihash_gpu.cu \
-    -o "$TMP/multihash_gpu.o" & pids+=($!)
+KERNEL_OBJS=()
+for src in "${KERNEL_SRCS[@]}"; do
+  obj="$TMP/$(basename "${src%.*}").o"
+  KERNEL_OBJS+=("$obj")
+  "$CXX" "${COMMON[@]}" "${EMU[@]}" -x c++ -c "$src" -o "$obj" & pids+=($!)
+done
 "$CXX" "${COMMON[@]}" "${EMU[@]}" -c gpu_kernels/emu/cuda_emu.cc \
     -o "$TMP/cuda_emu.o" & pids+=($!)
 "$CXX" "${COMMON[@]}" "${EMU[@]}" -c gpu_kernels/emu/tf_emulation_init.cc \
@@ -93,7 +99,7 @@ if [[ "$fail" != 0 ]]; then echo "build_tf_emulation: compile failed" >&2; exit 
 # TensorFlow's framework library also exports (its CUDA stubs): keep ours
 # private to this library (--exclude-libs) and bind its own calls to itself
 # (-Bsymbolic), so neither side sees the other's.
-ar rcs "$TMP/libtfmh_gpu_emulation.a" "$TMP/multihash_gpu.o" "$TMP/cuda_emu.o"
+ar rcs "$TMP/libtfmh_gpu_emulation.a" "${KERNEL_OBJS[@]}" "$TMP/cuda_emu.o"
 "$CXX" -shared -o "$TMP/lib.so" "$TMP/tf_emulation_init.o" \
     "$TMP/multihash_kernels_gpu.o" "$TMP/multihash_kernel_base.o" \
     "$TMP/libtfmh_gpu_emulation.a" -Wl,--exclude-libs,libtfmh_gpu_emulation.a \

@@ -7,7 +7,7 @@
 // 1e8): uniform ids, B in {1Mi, 8Mi}, D = 64. For add/mul/concat (concat: widths D/2 + D/2) it
 // times, as the median of 20 reps with CUDA events:
 //   fwd   - LaunchLookup, with the default batch of 4 ids per step of the
-//           k <= 2 kernel and with 2 and 8 (TFMH_GPU_FORWARD_BATCH);
+//           k <= 2 kernel and with 2 and 8 (LaunchOptions::forward_batch);
 //   naive - what stock TensorFlow launches for the same forward: one
 //           elementwise kernel for q = id / rows_R and r = id % rows_R, two
 //           gathers into temporaries, one elementwise combine;
@@ -15,7 +15,8 @@
 //           once with the sorted and once with the dense algorithm ("prep":
 //           prepare + sync alone; "auto": what kAuto picks for that shape);
 //           the sorted one with equal ids merged first ("merged",
-//           TFMH_GPU_SORTED_MERGE=1) and not ("unmerged", =0); "sorted" is
+//           LaunchOptions::sorted_merge = kAlways) and not ("unmerged",
+//           kNever); "sorted" is
 //           the one the launcher picks by byte counts ("sorted path").
 // Byte model (what the op must move at least; the small tables stay in L2):
 //   fwd: B * 8 (ids) + B * D * 4 (output written);
@@ -290,16 +291,19 @@ int main() {
         const auto dt = tfmh::gpu::DType::kFloat32;
         const auto it = tfmh::gpu::IdType::kInt64;
 
-        auto lookup = [&] {
-          API_OK(tfmh::gpu::LaunchLookup(l, dt, it, sp, ids, B, out, d_first_bad, s));
+        // The forward with `batch` ids per step of the k <= 2 kernel.
+        auto lookup_with = [&](int batch) {
+          return [&, batch] {
+            tfmh::gpu::LaunchOptions options;
+            options.forward_batch = batch;
+            API_OK(tfmh::gpu::LaunchLookup(l, dt, it, sp, ids, B, out, d_first_bad, s,
+                                           options));
+          };
         };
-        const double fwd_ms = MedianMs(s, lookup);
-        setenv("TFMH_GPU_FORWARD_BATCH", "2", 1);
-        const double fwd2_ms = MedianMs(s, lookup);
-        setenv("TFMH_GPU_FORWARD_BATCH", "8", 1);
-        const double fwd8_ms = MedianMs(s, lookup);
-        unsetenv("TFMH_GPU_FORWARD_BATCH");
-        lookup();  // the default kernel's output, for the comparison below
+        const double fwd_ms = MedianMs(s, lookup_with(4));
+        const double fwd2_ms = MedianMs(s, lookup_with(2));
+        const double fwd8_ms = MedianMs(s, lookup_with(8));
+        lookup_with(4)();  // the default kernel's output, for the comparison below
         const int opi = static_cast<int>(op);
         const double naive_ms = MedianMs(s, [&] {
           NaiveQR<<<Grid(B), 256, 0, s>>>(ids, B, nrows, q, r);
@@ -325,8 +329,12 @@ int main() {
         int64_t uniq = 0;
         // Median ms of the whole backward (prepare + host sync + finish),
         // and of prepare + sync alone.
-        auto time_bwd = [&](tfmh::gpu::GradAlgorithm algo, double* prep_ms) {
-          const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, B, algo);
+        auto time_bwd = [&](tfmh::gpu::GradAlgorithm algo, tfmh::gpu::SortedMerge merge,
+                            double* prep_ms) {
+          tfmh::gpu::LaunchOptions options;
+          options.sorted_merge = merge;
+          const size_t ws_bytes =
+              tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, B, algo, options);
           if (ws_bytes == 0) {
             std::fprintf(stderr, "LookupGradWorkspaceBytes returned 0\n");
             std::exit(2);
@@ -335,7 +343,7 @@ int main() {
           CUDA_OK(cudaMalloc(&ws, ws_bytes));
           auto prepare = [&] {
             API_OK(tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, ids, B, ws, ws_bytes,
-                                                      h_counts, s, algo));
+                                                      h_counts, s, algo, options));
             CUDA_OK(cudaStreamSynchronize(s));
             uniq = h_counts[0] + h_counts[1];
           };
@@ -343,22 +351,23 @@ int main() {
           const double ms = MedianMs(s, [&] {
             prepare();
             API_OK(tfmh::gpu::LaunchLookupGradFinish(l, dt, it, sp, ids, grad, B, ws,
-                                                     ws_bytes, idx_ptrs, val_ptrs, s, algo));
+                                                     ws_bytes, idx_ptrs, val_ptrs, s, algo,
+                                                     options));
           });
           CUDA_OK(cudaFree(ws));
           return ms;
         };
         // kSorted both ways; "sorted" is the one the launcher picks.
         double merged_prep = 0, direct_prep = 0, dense_prep = 0;
-        setenv("TFMH_GPU_SORTED_MERGE", "1", 1);
-        const double merged_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &merged_prep);
-        setenv("TFMH_GPU_SORTED_MERGE", "0", 1);
-        const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted, &direct_prep);
-        unsetenv("TFMH_GPU_SORTED_MERGE");
-        const bool merges = tfmh::gpu::SortedMergesIds(l, dt, B);
+        const double merged_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted,
+                                          tfmh::gpu::SortedMerge::kAlways, &merged_prep);
+        const double direct_ms = time_bwd(tfmh::gpu::GradAlgorithm::kSorted,
+                                          tfmh::gpu::SortedMerge::kNever, &direct_prep);
+        const bool merges = tfmh::gpu::SortedMergesIds(l, dt, B, tfmh::gpu::LaunchOptions());
         const double sorted_ms = merges ? merged_ms : direct_ms;
         const double sorted_prep = merges ? merged_prep : direct_prep;
-        const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense, &dense_prep);
+        const double dense_ms = time_bwd(tfmh::gpu::GradAlgorithm::kDense,
+                                         tfmh::gpu::SortedMerge::kAuto, &dense_prep);
         const bool auto_dense = tfmh::gpu::ChosenGradAlgorithm(
                                     l, B, tfmh::gpu::GradAlgorithm::kAuto) ==
                                 tfmh::gpu::GradAlgorithm::kDense;

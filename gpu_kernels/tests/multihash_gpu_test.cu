@@ -30,6 +30,8 @@ using tfmh::Strategy;
 using tfmh::gpu::DType;
 using tfmh::gpu::GradAlgorithm;
 using tfmh::gpu::IdType;
+using tfmh::gpu::LaunchOptions;
+using tfmh::gpu::SortedMerge;
 
 #define CUDA_OK(x)                                                        \
   do {                                                                    \
@@ -196,7 +198,9 @@ std::vector<uint8_t> IdBytes(const std::vector<int64_t>& ids, IdType it) {
 }
 
 // Runs forward + backward for one id set; returns "" or the first mismatch.
-std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids) {
+// force_key64: LaunchOptions::force_key64 in every backward run.
+std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids,
+                    bool force_key64 = false) {
   const Layout& l = t.l;
   const DType dt = t.dt;
   const size_t es = ElemSize(dt);
@@ -220,16 +224,18 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
 
   // ------------------------------------------------------------ forward
   // The forward with each batch size of the k <= 2 kernel
-  // (TFMH_GPU_FORWARD_BATCH; for k = 3 all runs take the same kernel).
-  auto forward = [&](const char* batch) -> std::string {
-    setenv("TFMH_GPU_FORWARD_BATCH", batch, 1);
+  // (LaunchOptions::forward_batch; for k = 3 all runs take the same kernel).
+  auto forward = [&](int batch) -> std::string {
+    LaunchOptions options;
+    options.forward_batch = batch;
     const size_t out_elems = static_cast<size_t>(n) * W;
     DeviceBuf d_out((out_elems + kGuard) * es);
     DeviceBuf d_first_bad(sizeof(int64_t));
     CUDA_OK(cudaMemset(d_out.p, 0xFF, d_out.bytes));
     CUDA_OK(cudaMemset(d_first_bad.p, 0x11, sizeof(int64_t)));
     int st = tfmh::gpu::LaunchLookup(l, dt, it, t.ptrs, d_ids.p, n, d_out.p,
-                                     static_cast<int64_t*>(d_first_bad.p), stream);
+                                     static_cast<int64_t*>(d_first_bad.p), stream,
+                                     options);
     if (st != 0) return std::string("LaunchLookup: ") + tfmh::gpu::ErrorString(st);
     CUDA_OK(cudaStreamSynchronize(stream));
     std::vector<uint8_t> out(d_out.bytes);
@@ -283,10 +289,9 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     return "";
   };
-  for (const char* batch : {"4", "2", "8"}) {
+  for (int batch : {4, 2, 8}) {
     const std::string err = forward(batch);
-    unsetenv("TFMH_GPU_FORWARD_BATCH");
-    if (!err.empty()) return std::string("forward (batch ") + batch + "): " + err;
+    if (!err.empty()) return "forward (batch " + std::to_string(batch) + "): " + err;
   }
 
   // ------------------------------------------------------------ backward
@@ -330,10 +335,15 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
   }
   // Both algorithms of the backward pass, each against the reference.
   // `values` (if not null) gets every shard's output values, as bytes.
-  auto backward = [&](GradAlgorithm algo,
+  // `merge`: LaunchOptions::sorted_merge.
+  auto backward = [&](GradAlgorithm algo, SortedMerge merge,
                       std::vector<std::vector<uint8_t>>* values) -> std::string {
     if (values != nullptr) values->assign(t.num_shards, {});
-    const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, n, algo);
+    LaunchOptions options;
+    options.force_key64 = force_key64;
+    options.sorted_merge = merge;
+    const size_t ws_bytes =
+        tfmh::gpu::LookupGradWorkspaceBytes(l, dt, it, n, algo, options);
     if (ws_bytes == 0) return "LookupGradWorkspaceBytes returned 0";
     DeviceBuf d_ws(ws_bytes);
     CUDA_OK(cudaMemset(d_ws.p, 0xA5, ws_bytes));  // stale state must not matter
@@ -345,7 +355,7 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     } hg{h_counts};
     for (int s = 0; s < tfmh::kMaxShards; ++s) h_counts[s] = -7;
     int st = tfmh::gpu::LaunchLookupGradPrepare(l, dt, it, d_ids.p, n, d_ws.p, ws_bytes, h_counts,
-                                            stream, algo);
+                                            stream, algo, options);
     if (st != 0) return std::string("LaunchLookupGradPrepare: ") + tfmh::gpu::ErrorString(st);
     CUDA_OK(cudaStreamSynchronize(stream));
     // Expected unique rows per shard.
@@ -389,7 +399,7 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     }
     st = tfmh::gpu::LaunchLookupGradFinish(l, dt, it, t.ptrs, d_ids.p, d_grad.p, n, d_ws.p,
                                            ws_bytes, idx_ptrs.data(), val_ptrs.data(), stream,
-                                           algo);
+                                           algo, options);
     if (st != 0) return std::string("LaunchLookupGradFinish: ") + tfmh::gpu::ErrorString(st);
     CUDA_OK(cudaStreamSynchronize(stream));
     for (int j = 0; j < k; ++j) {
@@ -439,29 +449,27 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids)
     return "";
   };
   // The sorted algorithm is deterministic: a second run, bit for bit.
-  // `merge`: TFMH_GPU_SORTED_MERGE (null: the launcher decides whether
-  // equal ids are merged first).
-  auto sorted = [&](const char* merge, bool twice) -> std::string {
-    const std::string what = merge == nullptr ? "sorted backward"
-                             : merge[0] == '1' ? "sorted backward, ids merged"
-                                               : "sorted backward, ids not merged";
-    if (merge != nullptr) setenv("TFMH_GPU_SORTED_MERGE", merge, 1);
+  // `merge`: whether equal ids are merged first (kAuto: the launcher
+  // decides).
+  auto sorted = [&](SortedMerge merge, bool twice) -> std::string {
+    const std::string what = merge == SortedMerge::kAuto     ? "sorted backward"
+                             : merge == SortedMerge::kAlways ? "sorted backward, ids merged"
+                                                             : "sorted backward, ids not merged";
     std::vector<std::vector<uint8_t>> first, second;
-    std::string err = backward(GradAlgorithm::kSorted, &first);
+    std::string err = backward(GradAlgorithm::kSorted, merge, &first);
     if (err.empty() && twice) {
-      err = backward(GradAlgorithm::kSorted, &second);
+      err = backward(GradAlgorithm::kSorted, merge, &second);
       if (err.empty() && first != second) err = "a second run gave other bits";
     }
-    unsetenv("TFMH_GPU_SORTED_MERGE");
     return err.empty() ? "" : what + ": " + err;
   };
-  std::string err = sorted(nullptr, n >= 5000);
+  std::string err = sorted(SortedMerge::kAuto, n >= 5000);
   if (!err.empty()) return err;
-  err = backward(GradAlgorithm::kDense, nullptr);
+  err = backward(GradAlgorithm::kDense, SortedMerge::kAuto, nullptr);
   if (!err.empty()) return "dense backward: " + err;
   // kSorted either way, whatever the byte counts pick.
-  err = sorted("0", false);
-  if (err.empty()) err = sorted("1", n >= 5000);
+  err = sorted(SortedMerge::kNever, false);
+  if (err.empty()) err = sorted(SortedMerge::kAlways, n >= 5000);
   return err;
 }
 
@@ -625,7 +633,6 @@ int main(int argc, char** argv) {
   // Capacity above 2^32 (64-bit mapping, 64-bit ids), every dtype and op;
   // the second round forces 64-bit sort keys in the backward pass.
   for (int key64 = 0; key64 < 2; ++key64) {
-  if (key64) setenv("TFMH_GPU_FORCE_KEY64", "1", 1);
   for (DType dt : dtypes) {
     for (Combine op : ops) {
       std::mt19937_64 rng(99 + static_cast<int>(op));
@@ -648,11 +655,10 @@ int main(int argc, char** argv) {
       std::uniform_int_distribution<int64_t> d(0, t.l.capacity - 1);
       for (auto& x : ids) x = d(rng);
       ids[1234] = t.l.capacity;  // one out-of-range id
-      Report(&ctr, name, RunCase(t, IdType::kInt64, ids));
+      Report(&ctr, name, RunCase(t, IdType::kInt64, ids, /*force_key64=*/key64 != 0));
     }
   }
   }
-  unsetenv("TFMH_GPU_FORCE_KEY64");
   // What kAuto resolves to, and an unknown algorithm.
   {
     auto layout = [](int64_t r0, int64_t r1, Combine op) {
@@ -707,9 +713,22 @@ int main(int argc, char** argv) {
         {&big, DType::kFloat32, 0, false, "f32 add n=0"},
     };
     for (const Merge& m : merges) {
-      const bool got = tfmh::gpu::SortedMergesIds(*m.l, m.dt, m.n);
+      const bool got = tfmh::gpu::SortedMergesIds(*m.l, m.dt, m.n, LaunchOptions());
       Report(&ctr, std::string("sorted merges ids ") + m.name,
              got == m.want ? "" : std::string("got ") + (got ? "yes" : "no"));
+    }
+    // LaunchOptions::sorted_merge forces the choice for any op and n > 0.
+    for (const Merge& m : merges) {
+      for (SortedMerge merge : {SortedMerge::kNever, SortedMerge::kAlways}) {
+        LaunchOptions options;
+        options.sorted_merge = merge;
+        const bool want = merge == SortedMerge::kAlways && m.n > 0;
+        const bool got = tfmh::gpu::SortedMergesIds(*m.l, m.dt, m.n, options);
+        Report(&ctr,
+               std::string("sorted merges ids, forced ") +
+                   (merge == SortedMerge::kAlways ? "always " : "never ") + m.name,
+               got == want ? "" : std::string("got ") + (got ? "yes" : "no"));
+      }
     }
     const size_t bytes = tfmh::gpu::LookupGradWorkspaceBytes(big, DType::kFloat32, IdType::kInt64, 10,
                                                              static_cast<GradAlgorithm>(7));
