@@ -233,17 +233,10 @@ def colocated_lookup(tables, ids, operation="add",
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity)
       with out_of_range="error".
   """
-  operation = multihash_ops.canonical_operation(operation)
-  multihash_ops.check_out_of_range(out_of_range)
-  shards, rows, widths, dtype = multihash_ops.describe_tables(tables)
-  multihash_ops.check_widths(operation, widths)
-  multihash_ops.check_rows(rows, complementary_strategy)
-  multihash_ops.check_deeprec_mapping(deeprec_mapping, complementary_strategy,
-                                      len(rows))
-  divisors = multihash_ops.table_divisors(rows, complementary_strategy,
-                                          deeprec_mapping)
-  capacity = multihash_ops.capacity_of(rows, complementary_strategy,
-                                       deeprec_mapping)
+  (operation, shards, rows, widths, dtype, divisors,
+   capacity) = multihash_ops.describe_lookup(
+       tables, operation, complementary_strategy, out_of_range,
+       deeprec_mapping)
   with tf.name_scope(name or "multihash_colocated_lookup"):
     ids = multihash_ops._ids_tensor(ids)  # pylint: disable=protected-access
     flat = _checked_ids(ids, capacity, rows, out_of_range)

@@ -221,6 +221,28 @@ def describe_tables(tables):
   return all_shards, rows, widths, dtype
 
 
+def describe_lookup(tables, operation, complementary_strategy, out_of_range,
+                    deeprec_mapping):
+  """Checks a lookup's arguments for the paths built from stock ops (XLA,
+  shards on other devices); returns them described, the canonical operation
+  first:
+  (operation, shards, rows, widths, dtype, divisors, capacity).
+
+  Raises:
+    ValueError: as `multihash_lookup`.
+  """
+  operation = canonical_operation(operation)
+  check_strategy(complementary_strategy)
+  check_out_of_range(out_of_range)
+  shards, rows, widths, dtype = describe_tables(tables)
+  check_widths(operation, widths)
+  check_rows(rows, complementary_strategy)
+  check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
+  divisors = table_divisors(rows, complementary_strategy, deeprec_mapping)
+  capacity = capacity_of(rows, complementary_strategy, deeprec_mapping)
+  return operation, shards, rows, widths, dtype, divisors, capacity
+
+
 def _shard_input(shard):
   """The op input of one shard; resource variables as handles."""
   if isinstance(shard, resource_variable_ops.BaseResourceVariable):

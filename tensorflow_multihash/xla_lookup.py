@@ -148,21 +148,13 @@ def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
   Raises:
     ValueError, TypeError: as `multihash_ops.multihash_lookup`.
   """
-  operation = multihash_ops.canonical_operation(operation)
-  multihash_ops.check_strategy(complementary_strategy)
-  multihash_ops.check_out_of_range(out_of_range)
+  (operation, shards, rows, widths, dtype, divisors,
+   capacity) = multihash_ops.describe_lookup(
+       tables, operation, complementary_strategy, out_of_range,
+       deeprec_mapping)
   # pylint: disable=protected-access
   ids = multihash_ops._ids_tensor(ids)
   # pylint: enable=protected-access
-  shards, rows, widths, dtype = multihash_ops.describe_tables(tables)
-  multihash_ops.check_widths(operation, widths)
-  multihash_ops.check_rows(rows, complementary_strategy)
-  multihash_ops.check_deeprec_mapping(deeprec_mapping, complementary_strategy,
-                                      len(rows))
-  capacity = multihash_ops.capacity_of(rows, complementary_strategy,
-                                       deeprec_mapping)
-  divisors = multihash_ops.table_divisors(rows, complementary_strategy,
-                                          deeprec_mapping)
   valid = None
   if out_of_range == "wrap":
     ids = multihash_ops.wrap_ids(ids, capacity)
