@@ -6,9 +6,10 @@
 #      changed; it must be a supported release, 2.16 to 2.21
 #      (docs/tensorflow_versions.md), else configure.sh stops before installing
 #      anything. Only where there is none, tensorflow 2.21 is installed.
-#      Added if missing: numpy, pytest, setuptools, wheel, auditwheel, and
-#      tf_keras of the TensorFlow's own release (tf_keras==2.X.*), all with
-#      the installed TensorFlow pinned. A .pth file in a virtual environment's
+#      Added if missing: numpy, pytest, setuptools, wheel, auditwheel,
+#      pyink (the formatter, at $PYINK_VERSION, below), and tf_keras of the
+#      TensorFlow's own release (tf_keras==2.X.*), all with the installed
+#      TensorFlow pinned. A .pth file in a virtual environment's
 #      site-packages puts the repo root on sys.path;
 #   2. Bazel (Debian's bazel-bootstrap 4.2.3 + its rules), if missing;
 #   3. .bazelrc (git-ignored) with the TensorFlow flags from tf.sysconfig, the
@@ -45,6 +46,11 @@ TF_MIN_MINOR=16
 TF_MAX_MINOR=21
 TF_RANGE="2.$TF_MIN_MINOR to 2.$TF_MAX_MINOR"
 TF_DEFAULT="2.$TF_MAX_MINOR"
+# The formatter of the repository's Python (pyproject.toml's [tool.pyink];
+# tests/test_format.py checks it and reads this pin). 24.10.1 is the newest
+# that installs on every Python TensorFlow 2.16 to 2.21 supports (3.9+), so
+# every environment formats alike.
+PYINK_VERSION=24.10.1
 
 log() { echo "==> $*"; }
 die() { echo "configure.sh: error: $*" >&2; exit 1; }
@@ -157,6 +163,9 @@ missing_py=()
 "$PYTHON" -c "import setuptools.command.bdist_wheel" >/dev/null 2>&1 ||
   "$PYTHON" -c "import wheel.bdist_wheel" >/dev/null 2>&1 || missing_py+=(wheel)
 "$PYTHON" -c "import auditwheel" >/dev/null 2>&1 || missing_py+=(auditwheel)
+# pyink at the pinned version (another version may format differently).
+"$PYTHON" -c "import importlib.metadata as m, sys; sys.exit(m.version('pyink') != '$PYINK_VERSION')" \
+  >/dev/null 2>&1 || missing_py+=("pyink==$PYINK_VERSION")
 # For the tests of the feature columns with tf_keras.layers.DenseFeatures:
 # the tf_keras of the same release (each requires its TensorFlow minor).
 TF_KERAS="$(probe_get tf_keras)"

@@ -13,6 +13,7 @@ label (0.1.0+tf2.18), so that the wheels of all releases can sit side by
 side in one folder or private index; TFMH_WHEEL_LOCAL_VERSION=0 leaves it
 out (PyPI accepts no local versions: there, one release per version).
 """
+
 import os
 import re
 
@@ -20,9 +21,9 @@ from setuptools import setup
 from setuptools.dist import Distribution
 
 try:
-    from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
+  from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
 except ImportError:
-    from wheel.bdist_wheel import bdist_wheel
+  from wheel.bdist_wheel import bdist_wheel
 
 VERSION = "0.1.0"
 # The supported TensorFlow releases: the minor versions of 2.x.
@@ -32,52 +33,60 @@ LIBRARY = os.path.join(ROOT, "tensorflow_multihash", "_multihash_ops.so")
 
 
 def built_tf_version():
-    if not os.path.exists(LIBRARY):
-        raise SystemExit(f"{LIBRARY} does not exist: run ./configure.sh first")
-    with open(LIBRARY, "rb") as f:
-        match = re.search(rb"TFMH_BUILD_INFO tf=([^ \x00]+) cuda=([01])", f.read())
-    if match is None:
-        raise SystemExit(f"{LIBRARY} has no TFMH_BUILD_INFO; rebuild it with ./configure.sh")
-    return match.group(1).decode()
+  if not os.path.exists(LIBRARY):
+    raise SystemExit(f"{LIBRARY} does not exist: run ./configure.sh first")
+  with open(LIBRARY, "rb") as f:
+    match = re.search(rb"TFMH_BUILD_INFO tf=([^ \x00]+) cuda=([01])", f.read())
+  if match is None:
+    raise SystemExit(
+        f"{LIBRARY} has no TFMH_BUILD_INFO; rebuild it with ./configure.sh"
+    )
+  return match.group(1).decode()
 
 
 def built_tf_release():
-    """'2.Y' of the TensorFlow the library was built against, if supported."""
-    version = built_tf_version()
-    match = re.match(r"(\d+)\.(\d+)\.", version + ".")
-    if (match is None or match.group(1) != "2"
-            or not TF_MIN_MINOR <= int(match.group(2)) <= TF_MAX_MINOR):
-        raise SystemExit(
-            f"{LIBRARY} was built against TensorFlow {version}, outside the supported "
-            f"range 2.{TF_MIN_MINOR} to 2.{TF_MAX_MINOR}")
-    return f"{match.group(1)}.{match.group(2)}"
+  """'2.Y' of the TensorFlow the library was built against, if supported."""
+  version = built_tf_version()
+  match = re.match(r"(\d+)\.(\d+)\.", version + ".")
+  if (
+      match is None
+      or match.group(1) != "2"
+      or not TF_MIN_MINOR <= int(match.group(2)) <= TF_MAX_MINOR
+  ):
+    raise SystemExit(
+        f"{LIBRARY} was built against TensorFlow {version}, outside the supported "
+        f"range 2.{TF_MIN_MINOR} to 2.{TF_MAX_MINOR}"
+    )
+  return f"{match.group(1)}.{match.group(2)}"
 
 
 TF_RELEASE = built_tf_release()
 if os.environ.get("TFMH_WHEEL_LOCAL_VERSION", "1") != "0":
-    VERSION += "+tf" + TF_RELEASE
+  VERSION += "+tf" + TF_RELEASE
 
 
 class BinaryDistribution(Distribution):
-    def has_ext_modules(self):
-        return True
+
+  def has_ext_modules(self):
+    return True
 
 
 class PlatformWheel(bdist_wheel):
-    def finalize_options(self):
-        super().finalize_options()
-        self.root_is_pure = False
 
-    def get_tag(self):
-        _, _, plat = super().get_tag()
-        return "py3", "none", plat
+  def finalize_options(self):
+    super().finalize_options()
+    self.root_is_pure = False
+
+  def get_tag(self):
+    _, _, plat = super().get_tag()
+    return "py3", "none", plat
 
 
 setup(
     name="tensorflow_multihash",
     version=VERSION,
     description="Multi-hash embedding variables (DeepRec's get_multihash_variable) "
-                f"for stock TensorFlow (this wheel: TensorFlow {TF_RELEASE})",
+    f"for stock TensorFlow (this wheel: TensorFlow {TF_RELEASE})",
     packages=["tensorflow_multihash"],
     package_data={"tensorflow_multihash": ["_multihash_ops.so"]},
     include_package_data=False,

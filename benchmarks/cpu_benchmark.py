@@ -53,8 +53,9 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow_multihash as tfmh  # noqa: E402
 
-REFERENCE = dict(B=65536, D=64, dtype="float32", op="mul", dist="zipf",
-                 V=10**6, idx="int64")
+REFERENCE = dict(
+    B=65536, D=64, dtype="float32", op="mul", dist="zipf", V=10**6, idx="int64"
+)
 FULL_TABLE_LIMIT_BYTES = 3 << 30  # full table + Adagrad accumulator
 
 
@@ -87,12 +88,15 @@ def build(cfg, variants, with_train=True):
     ids_np = make_ids(cfg, rng)
     # Ids live in a variable (read in place), not a graph constant or a feed.
     ids = tf.compat.v1.get_variable(
-        "ids", initializer=tf.constant(ids_np), trainable=False,
-        use_resource=True)
+        "ids",
+        initializer=tf.constant(ids_np),
+        trainable=False,
+        use_resource=True,
+    )
     ids_t = ids.read_value()
     mh = tfmh.get_multihash_variable(
-        "mh", qr_dims(cfg), operation=cfg["op"], dtype=dtype,
-        use_resource=True)
+        "mh", qr_dims(cfg), operation=cfg["op"], dtype=dtype, use_resource=True
+    )
     q_tab, r_tab = mh.tables
     rows_r = mh.dims[1][0]
 
@@ -103,8 +107,10 @@ def build(cfg, variants, with_train=True):
 
     if "fused" in variants:
       out = tfmh.embedding_lookup(mh, ids_t)
-      targets["fused"] = (out.op, train_of(out, [q_tab, r_tab])
-                          if with_train else None)
+      targets["fused"] = (
+          out.op,
+          train_of(out, [q_tab, r_tab]) if with_train else None,
+      )
     if "stock" in variants:
       q = ids_t // rows_r
       r = ids_t % rows_r
@@ -116,20 +122,29 @@ def build(cfg, variants, with_train=True):
         out = eq * er
       else:
         out = tf.concat([eq, er], axis=-1)
-      targets["stock"] = (out.op, train_of(out, [q_tab, r_tab])
-                          if with_train else None)
+      targets["stock"] = (
+          out.op,
+          train_of(out, [q_tab, r_tab]) if with_train else None,
+      )
     if "full" in variants:
       full = tf.compat.v1.get_variable(
-          "full", shape=[cfg["V"], cfg["D"]], dtype=dtype,
+          "full",
+          shape=[cfg["V"], cfg["D"]],
+          dtype=dtype,
           initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.1),
-          use_resource=True)
+          use_resource=True,
+      )
       out = tf.gather(full, ids_t)
       targets["full"] = (out.op, train_of(out, [full]) if with_train else None)
     if "copy" in variants:
       src = tf.compat.v1.get_variable(
-          "copy_src", shape=[cfg["B"], cfg["D"]], dtype=dtype,
-          initializer=tf.compat.v1.zeros_initializer(), trainable=False,
-          use_resource=True)
+          "copy_src",
+          shape=[cfg["B"], cfg["D"]],
+          dtype=dtype,
+          initializer=tf.compat.v1.zeros_initializer(),
+          trainable=False,
+          use_resource=True,
+      )
       out = tf.raw_ops.DeepCopy(x=src.read_value())
       targets["copy"] = (out.op, None)
     init = tf.compat.v1.global_variables_initializer()
@@ -146,7 +161,7 @@ def interleaved(sess, ops, rounds, warmup=2):
       sess.run(ops[n])
   times = {n: [] for n in names}
   for k in range(rounds):
-    order = names[k % len(names):] + names[:k % len(names)]
+    order = names[k % len(names) :] + names[: k % len(names)]
     for n in order:
       t0 = time.perf_counter()
       sess.run(ops[n])
@@ -157,8 +172,11 @@ def interleaved(sess, ops, rounds, warmup=2):
 def rounds_for(cfg, base):
   # Fewer rounds for the big batches, more for the small ones.
   scale = max(1.0, 65536.0 / cfg["B"])
-  return int(min(base * scale, base * 4)) if cfg["B"] < 65536 else max(
-      5, int(base * 65536 / cfg["B"]))
+  return (
+      int(min(base * scale, base * 4))
+      if cfg["B"] < 65536
+      else max(5, int(base * 65536 / cfg["B"]))
+  )
 
 
 def run_config(cfg, rounds, with_train=True):
@@ -172,8 +190,9 @@ def run_config(cfg, rounds, with_train=True):
   fwd = interleaved(sess, {k: v[0] for k, v in targets.items()}, n)
   res["fwd_ms"] = {k: 1e3 * v for k, v in fwd.items()}
   if with_train:
-    tr = interleaved(sess, {k: v[1] for k, v in targets.items()
-                            if v[1] is not None}, n)
+    tr = interleaved(
+        sess, {k: v[1] for k, v in targets.items() if v[1] is not None}, n
+    )
     res["train_ms"] = {k: 1e3 * v for k, v in tr.items()}
     # After the sparse updates every table variable is in copy-on-read mode;
     # a whole-table copy on read would show here.
@@ -193,8 +212,14 @@ def fmt(x, digits=2):
 
 def label(cfg):
   return "B=%d D=%d %s %s %s %s V=%.0e" % (
-      cfg["B"], cfg["D"], cfg["op"], cfg["dist"], cfg["dtype"], cfg["idx"],
-      cfg["V"])
+      cfg["B"],
+      cfg["D"],
+      cfg["op"],
+      cfg["dist"],
+      cfg["dtype"],
+      cfg["idx"],
+      cfg["V"],
+  )
 
 
 def markdown(results):
@@ -207,32 +232,44 @@ def markdown(results):
   ]
   for r in results:
     f, t = r["fwd_ms"], r["train_ms"]
-    lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | "
-                 "%s | %s |" % (
-                     label(r["config"]), fmt(f.get("fused")),
-                     fmt(f.get("stock")), fmt(f.get("full")),
-                     fmt(f.get("copy")),
-                     fmt(ratio(f.get("fused"), f.get("stock"))),
-                     fmt(ratio(f.get("fused"), f.get("full"))),
-                     fmt(ratio(f.get("fused"), f.get("copy"))),
-                     fmt(t.get("fused")), fmt(t.get("stock")),
-                     fmt(t.get("full")),
-                     fmt(ratio(t.get("fused"), t.get("stock"))),
-                     fmt(r.get("fused_fwd_after_updates_ms"))))
+    lines.append(
+        "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | "
+        "%s | %s |"
+        % (
+            label(r["config"]),
+            fmt(f.get("fused")),
+            fmt(f.get("stock")),
+            fmt(f.get("full")),
+            fmt(f.get("copy")),
+            fmt(ratio(f.get("fused"), f.get("stock"))),
+            fmt(ratio(f.get("fused"), f.get("full"))),
+            fmt(ratio(f.get("fused"), f.get("copy"))),
+            fmt(t.get("fused")),
+            fmt(t.get("stock")),
+            fmt(t.get("full")),
+            fmt(ratio(t.get("fused"), t.get("stock"))),
+            fmt(r.get("fused_fwd_after_updates_ms")),
+        )
+    )
   return "\n".join(lines)
 
 
 def memory_table(d=64, dtype_size=4):
   rows = []
-  lines = ["| V | rows_Q = rows_R | small tables (2) | full table | "
-           "full / small |", "|---|---|---|---|---|"]
+  lines = [
+      "| V | rows_Q = rows_R | small tables (2) | full table | "
+      "full / small |",
+      "|---|---|---|---|---|",
+  ]
   for v in (10**6, 10**8, 10**10):
     r = int(math.ceil(math.sqrt(v)))
     small = 2 * r * d * dtype_size
     full = v * d * dtype_size
     rows.append({"V": v, "rows": r, "small_bytes": small, "full_bytes": full})
-    lines.append("| %.0e | %d | %s | %s | %.0fx |" % (
-        v, r, human(small), human(full), full / small))
+    lines.append(
+        "| %.0e | %d | %s | %s | %.0fx |"
+        % (v, r, human(small), human(full), full / small)
+    )
   return rows, "\n".join(lines)
 
 
@@ -247,11 +284,13 @@ def human(n):
 def sweep_configs():
   ref = dict(REFERENCE)
   cfgs = [ref]
+
   def vary(**kw):
     c = dict(ref)
     c.update(kw)
     if c not in cfgs:
       cfgs.append(c)
+
   for b in (1024, 16384, 262144):
     vary(B=b)
   for d in (16, 128):
@@ -268,13 +307,19 @@ def sweep_configs():
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--reference", action="store_true",
-                 help="only the reference point")
+  p.add_argument(
+      "--reference", action="store_true", help="only the reference point"
+  )
   p.add_argument("--quick", action="store_true", help="fewer rounds")
   p.add_argument("--rounds", type=int, default=None)
-  p.add_argument("--out", default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results",
-      "cpu_benchmark.json"))
+  p.add_argument(
+      "--out",
+      default=os.path.join(
+          os.path.dirname(os.path.abspath(__file__)),
+          "results",
+          "cpu_benchmark.json",
+      ),
+  )
   args = p.parse_args()
   rounds = args.rounds or (7 if args.quick else (41 if args.reference else 25))
   cfgs = [dict(REFERENCE)] if args.reference else sweep_configs()
@@ -284,14 +329,23 @@ def main():
     t0 = time.time()
     r = run_config(cfg, rounds)
     results.append(r)
-    print("%-60s fused/stock fwd %s train %s  (%.0f s)" % (
-        label(cfg), fmt(ratio(r["fwd_ms"]["fused"], r["fwd_ms"]["stock"])),
-        fmt(ratio(r["train_ms"]["fused"], r["train_ms"]["stock"])),
-        time.time() - t0), flush=True)
+    print(
+        "%-60s fused/stock fwd %s train %s  (%.0f s)"
+        % (
+            label(cfg),
+            fmt(ratio(r["fwd_ms"]["fused"], r["fwd_ms"]["stock"])),
+            fmt(ratio(r["train_ms"]["fused"], r["train_ms"]["stock"])),
+            time.time() - t0,
+        ),
+        flush=True,
+    )
   mem_rows, mem_md = memory_table()
   machine = "%s, %d logical CPUs, TF %s, Python %s" % (
-      platform.processor() or platform.machine(), os.cpu_count(),
-      tf.__version__, platform.python_version())
+      platform.processor() or platform.machine(),
+      os.cpu_count(),
+      tf.__version__,
+      platform.python_version(),
+  )
   print()
   print("Machine: " + machine)
   print()
@@ -302,9 +356,17 @@ def main():
   print(mem_md)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"machine": machine, "reference": REFERENCE,
-               "results": results, "memory": mem_rows,
-               "seconds": time.time() - t_start}, f, indent=1)
+    json.dump(
+        {
+            "machine": machine,
+            "reference": REFERENCE,
+            "results": results,
+            "memory": mem_rows,
+            "seconds": time.time() - t_start,
+        },
+        f,
+        indent=1,
+    )
   print("\nwrote %s (%.0f s)" % (args.out, time.time() - t_start))
 
 

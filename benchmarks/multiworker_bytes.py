@@ -20,6 +20,7 @@ linear layer's gradient, the loss and, for auto, the row-count exchange.
 Run:  .venv/bin/python benchmarks/multiworker_bytes.py [--steps 10]
 Prints a Markdown table. Needs `ss` (iproute2).
 """
+
 import argparse
 import json
 import os
@@ -48,10 +49,15 @@ REDUCTIONS = ["sparse", "dense", "auto", "tf"]
 
 def run(dims, batch, zipf, steps, log_dir):
   out = os.path.join(log_dir, "bytes")
-  argv = ["--task=bytes", "--reductions=" + ",".join(REDUCTIONS),
-          "--steps=%d" % steps, "--dims=" + json.dumps(dims),
-          "--global_batch=%d" % batch, "--zipf=%g" % zipf,
-          "--out=" + out]
+  argv = [
+      "--task=bytes",
+      "--reductions=" + ",".join(REDUCTIONS),
+      "--steps=%d" % steps,
+      "--dims=" + json.dumps(dims),
+      "--global_batch=%d" % batch,
+      "--zipf=%g" % zipf,
+      "--out=" + out,
+  ]
   with Workers(argv, log_dir) as w:
     w.wait(900)
   res = []
@@ -65,9 +71,11 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=10)
   args = p.parse_args()
-  print("| tables (rows x width, float32) | global batch, ids | rows touched "
-        "per worker (max) | predicted sparse / dense | sent: sparse | dense | "
-        "auto | tf | cheaper by prediction |")
+  print(
+      "| tables (rows x width, float32) | global batch, ids | rows touched "
+      "per worker (max) | predicted sparse / dense | sent: sparse | dense | "
+      "auto | tf | cheaper by prediction |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for dims, batch, zipf in CONFIGS:
     with tempfile.TemporaryDirectory() as d:
@@ -76,16 +84,24 @@ def main():
     pay = [wire_bytes(r, w * 4, n, 2) for (r, w), n in zip(dims, touched)]
     took = ["sparse" if q["sparse"] < q["dense"] else "dense" for q in pay]
     # Bytes sent per worker and step, mean of the two workers.
-    sent = {k: np.mean([r["reductions"][k]["bytes_per_step"] for r in res])
-            for k in REDUCTIONS}
-    print("| %s | %d, %s | %s | %s / %s | %s | %s | %s | %s | %s |" % (
-        " + ".join("%dx%d" % tuple(t) for t in dims), batch,
-        "Zipf(%g)" % zipf if zipf else "uniform",
-        " + ".join(str(int(n)) for n in touched),
-        "{:,}".format(int(sum(q["sparse"] for q in pay))),
-        "{:,}".format(int(sum(q["dense"] for q in pay))),
-        *["{:,}".format(int(sent[k])) for k in REDUCTIONS],
-        " + ".join(took)), flush=True)
+    sent = {
+        k: np.mean([r["reductions"][k]["bytes_per_step"] for r in res])
+        for k in REDUCTIONS
+    }
+    print(
+        "| %s | %d, %s | %s | %s / %s | %s | %s | %s | %s | %s |"
+        % (
+            " + ".join("%dx%d" % tuple(t) for t in dims),
+            batch,
+            "Zipf(%g)" % zipf if zipf else "uniform",
+            " + ".join(str(int(n)) for n in touched),
+            "{:,}".format(int(sum(q["sparse"] for q in pay))),
+            "{:,}".format(int(sum(q["dense"] for q in pay))),
+            *["{:,}".format(int(sent[k])) for k in REDUCTIONS],
+            " + ".join(took),
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

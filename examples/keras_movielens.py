@@ -30,8 +30,9 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))  # the repository, when the package is not installed
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # the repository, when the package is not installed
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,7 +56,8 @@ def make_ratings(seed=0):
   users = np.minimum(rng.zipf(1.3, NUM_RATINGS) - 1, NUM_USERS - 1)
   users = rng.permutation(NUM_USERS)[users]
   movies = rng.permutation(NUM_MOVIES)[
-      np.minimum(rng.zipf(1.2, NUM_RATINGS) - 1, NUM_MOVIES - 1)]
+      np.minimum(rng.zipf(1.2, NUM_RATINGS) - 1, NUM_MOVIES - 1)
+  ]
   score = np.sum(user_taste[users] * movie_taste[movies], axis=1)
   labels = (score + 0.5 * rng.normal(size=NUM_RATINGS) > 0).astype("float32")
   movie_ids = np.array(["tt%07d" % m for m in movies], dtype=object)
@@ -71,11 +73,11 @@ def build_model():
   # String ids hashed into the tables' capacity (71 x 71 = 5,041 >= 5,000
   # movies, so a few movies share a row pair).
   movie_emb = tfmh.keras.MultiHashEmbedding(
-      NUM_MOVIES, 16, hash_strings=True, out_of_range="wrap",
-      name="movie_emb")(movie)
-  h = keras.layers.Concatenate()([user_emb, movie_emb,
-                                  keras.layers.Multiply()([user_emb,
-                                                           movie_emb])])
+      NUM_MOVIES, 16, hash_strings=True, out_of_range="wrap", name="movie_emb"
+  )(movie)
+  h = keras.layers.Concatenate()(
+      [user_emb, movie_emb, keras.layers.Multiply()([user_emb, movie_emb])]
+  )
   h = keras.layers.Dense(32, activation="relu")(h)
   out = keras.layers.Dense(1, activation="sigmoid", name="like")(h)
   return keras.Model({"user": user, "movie": movie}, out)
@@ -97,50 +99,82 @@ print("SERVED " + json.dumps(np.asarray(out).ravel().tolist()))
 def serve_in_fresh_process(export_dir, request):
   """Predictions of the export, from a new Python process."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  p = subprocess.run([sys.executable, "-c", SERVE, export_dir,
-                      json.dumps(request)], env=env, capture_output=True,
-                     text=True, timeout=300, check=False)
+  env = dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL="2",
+      PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  p = subprocess.run(
+      [sys.executable, "-c", SERVE, export_dir, json.dumps(request)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   if p.returncode != 0:
     raise RuntimeError("serving process failed:\n" + p.stderr[-3000:])
   line = [x for x in p.stdout.splitlines() if x.startswith("SERVED ")][-1]
-  return np.array(json.loads(line[len("SERVED "):]), np.float32)
+  return np.array(json.loads(line[len("SERVED ") :]), np.float32)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", help="folder for the saved model files "
-                      "(default: a temporary folder, removed at the end)")
+  parser.add_argument(
+      "--out",
+      help="folder for the saved model files "
+      "(default: a temporary folder, removed at the end)",
+  )
   parser.add_argument("--epochs", type=int, default=4)
   args = parser.parse_args(argv)
   keras.utils.set_random_seed(0)
 
   features, labels = make_ratings()
-  print("ratings %d, users %d, movies %d, positive %.1f%%" % (
-      len(labels), NUM_USERS, NUM_MOVIES, 100 * labels.mean()))
+  print(
+      "ratings %d, users %d, movies %d, positive %.1f%%"
+      % (len(labels), NUM_USERS, NUM_MOVIES, 100 * labels.mean())
+  )
   model = build_model()
   for name in ("user_emb", "movie_emb"):
     layer = model.get_layer(name)
-    print("%s: tables %s (%d rows) for %d ids" % (
-        name, layer.dims, sum(r for r, _ in layer.dims), layer.num_ids))
-  model.compile(optimizer=keras.optimizers.Adam(5e-3),
-                loss="binary_crossentropy",
-                metrics=[keras.metrics.AUC(name="auc")])
-  x = {"user": tf.constant(features["user"]),
-       "movie": tf.constant(features["movie"].astype(str))}
-  hist = model.fit(x, labels, batch_size=512, epochs=args.epochs,
-                   validation_split=0.2, verbose=0)
-  for epoch, (auc, val_auc) in enumerate(zip(hist.history["auc"],
-                                             hist.history["val_auc"])):
-    print("epoch %d: train AUC %.3f, validation AUC %.3f" % (epoch + 1, auc,
-                                                             val_auc))
+    print(
+        "%s: tables %s (%d rows) for %d ids"
+        % (name, layer.dims, sum(r for r, _ in layer.dims), layer.num_ids)
+    )
+  model.compile(
+      optimizer=keras.optimizers.Adam(5e-3),
+      loss="binary_crossentropy",
+      metrics=[keras.metrics.AUC(name="auc")],
+  )
+  x = {
+      "user": tf.constant(features["user"]),
+      "movie": tf.constant(features["movie"].astype(str)),
+  }
+  hist = model.fit(
+      x,
+      labels,
+      batch_size=512,
+      epochs=args.epochs,
+      validation_split=0.2,
+      verbose=0,
+  )
+  for epoch, (auc, val_auc) in enumerate(
+      zip(hist.history["auc"], hist.history["val_auc"])
+  ):
+    print(
+        "epoch %d: train AUC %.3f, validation AUC %.3f"
+        % (epoch + 1, auc, val_auc)
+    )
   assert hist.history["val_auc"][-1] > 0.6, hist.history["val_auc"]
 
-  request = {"user": [0, 17, 19_999], "movie": ["tt0000000", "tt0000042",
-                                                "tt0004999"]}
-  x_req = {"user": tf.constant(request["user"], tf.int64),
-           "movie": tf.constant(request["movie"])}
+  request = {
+      "user": [0, 17, 19_999],
+      "movie": ["tt0000000", "tt0000042", "tt0004999"],
+  }
+  x_req = {
+      "user": tf.constant(request["user"], tf.int64),
+      "movie": tf.constant(request["movie"]),
+  }
   want = model.predict(x_req, verbose=0).ravel()
   print("predictions", np.round(want, 4).tolist())
 
@@ -159,8 +193,10 @@ def main(argv=None):
     served = serve_in_fresh_process(export_dir, request)
     np.testing.assert_allclose(served, want, rtol=1e-6, atol=1e-6)
     print("served %s in a fresh process: same predictions" % export_dir)
-    print("(python -m tensorflow_multihash.saved_model_cli show --dir %s "
-          "--all lists its signatures)" % export_dir)
+    print(
+        "(python -m tensorflow_multihash.saved_model_cli show --dir %s "
+        "--all lists its signatures)" % export_dir
+    )
   print("OK")
   return 0
 

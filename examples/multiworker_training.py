@@ -36,6 +36,7 @@ the end; `--single` trains in this one process (the reference):
 
   python examples/multiworker_training.py --local --mode=fit
 """
+
 import argparse
 import json
 import os
@@ -73,11 +74,15 @@ def global_batch(step, batch_size, capacity, seed=0, zipf=1.2):
 
 def table_initializer(seed):
   """A deterministic initializer (the same values in every process)."""
+
   def init(shape, dtype=None, partition_info=None):
     del partition_info
     rng = np.random.default_rng([seed] + [int(s) for s in shape])
-    return tf.constant(rng.uniform(0.5, 1.5, [int(s) for s in shape]),
-                       dtype=dtype or tf.float32)
+    return tf.constant(
+        rng.uniform(0.5, 1.5, [int(s) for s in shape]),
+        dtype=dtype or tf.float32,
+    )
+
   return init
 
 
@@ -89,8 +94,14 @@ def table_initializer(seed):
 MESSAGE_BYTES = 300
 
 
-def wire_bytes(rows, row_bytes, touched_rows, num_workers, index_bytes=8,
-               message_bytes=MESSAGE_BYTES):
+def wire_bytes(
+    rows,
+    row_bytes,
+    touched_rows,
+    num_workers,
+    index_bytes=8,
+    message_bytes=MESSAGE_BYTES,
+):
   """Bytes one worker sends per step to sum one table's gradient.
 
   Args:
@@ -111,10 +122,12 @@ def wire_bytes(rows, row_bytes, touched_rows, num_workers, index_bytes=8,
     2 (N - 1) * message_bytes.
   """
   n = num_workers
-  return {"sparse": (n - 1) * (touched_rows * (row_bytes + index_bytes) +
-                               3 * message_bytes),
-          "dense": 2.0 * (n - 1) / n * rows * row_bytes +
-                   2 * (n - 1) * message_bytes}
+  return {
+      "sparse": (n - 1)
+      * (touched_rows * (row_bytes + index_bytes) + 3 * message_bytes),
+      "dense": 2.0 * (n - 1) / n * rows * row_bytes
+      + 2 * (n - 1) * message_bytes,
+  }
 
 
 def _replica_all_reduce(ctx):
@@ -158,20 +171,25 @@ def reduce_gradients(grads, variables, reduction="auto"):
     raise ValueError("reduction=%r is not one of %s" % (reduction, REDUCTIONS))
   ctx = tf.distribute.get_replica_context()
   n = ctx.num_replicas_in_sync
-  sparse_at = [i for i, g in enumerate(grads)
-               if isinstance(g, tf.IndexedSlices)]
+  sparse_at = [
+      i for i, g in enumerate(grads) if isinstance(g, tf.IndexedSlices)
+  ]
   max_rows = {}
   if reduction == "auto" and n > 1 and sparse_at:
     # Every replica's row counts, one row per replica: 4 bytes per table.
     local = tf.stack([tf.shape(grads[i].indices)[0] for i in sparse_at])
     counts = _replica_all_reduce(ctx)(
         tf.distribute.ReduceOp.SUM,
-        tf.scatter_nd([[ctx.replica_id_in_sync_group]], local[None],
-                      [n, len(sparse_at)]))
+        tf.scatter_nd(
+            [[ctx.replica_id_in_sync_group]], local[None], [n, len(sparse_at)]
+        ),
+    )
     most = tf.reduce_max(counts, axis=0)
     max_rows = {i: most[j] for j, i in enumerate(sparse_at)}
-  return [reduce_gradient(g, v, reduction, max_rows.get(i))
-          for i, (g, v) in enumerate(zip(grads, variables))]
+  return [
+      reduce_gradient(g, v, reduction, max_rows.get(i))
+      for i, (g, v) in enumerate(zip(grads, variables))
+  ]
 
 
 def reduce_gradient(grad, variable, reduction="auto", max_rows=None):
@@ -209,25 +227,30 @@ def reduce_gradient(grad, variable, reduction="auto", max_rows=None):
   def sparse():
     # An all-gather of every replica's rows and indices (TensorFlow pads
     # them to the largest count), then rows of equal index summed.
-    gathered = all_reduce(sum_op, tf.IndexedSlices(grad.values, indices,
-                                                   shape))
+    gathered = all_reduce(sum_op, tf.IndexedSlices(grad.values, indices, shape))
     unique, pos = tf.unique(tf.cast(gathered.indices, tf.int64))
-    summed = tf.math.unsorted_segment_sum(gathered.values, pos,
-                                          tf.shape(unique)[0])
+    summed = tf.math.unsorted_segment_sum(
+        gathered.values, pos, tf.shape(unique)[0]
+    )
     return tf.IndexedSlices(summed, unique, shape)
 
   def dense():
     table = tf.math.unsorted_segment_sum(grad.values, indices, rows)
-    return tf.IndexedSlices(all_reduce(sum_op, table),
-                            tf.range(rows, dtype=tf.int64), shape)
+    return tf.IndexedSlices(
+        all_reduce(sum_op, table), tf.range(rows, dtype=tf.int64), shape
+    )
 
   if reduction == "dense":
     return dense()
   if reduction == "sparse":
     return sparse()
   if max_rows is None:
-    counts = all_reduce(sum_op, tf.one_hot(ctx.replica_id_in_sync_group, n,
-                                           on_value=tf.shape(indices)[0]))
+    counts = all_reduce(
+        sum_op,
+        tf.one_hot(
+            ctx.replica_id_in_sync_group, n, on_value=tf.shape(indices)[0]
+        ),
+    )
     max_rows = tf.reduce_max(counts)
   cost = wire_bytes(rows, row_bytes, tf.cast(max_rows, tf.float64), n)
   return tf.cond(cost["sparse"] < cost["dense"], sparse, dense)
@@ -249,8 +272,10 @@ def task_info(strategy):
   if resolver is None or not resolver.cluster_spec().as_dict():
     return True, 0
   index = resolver.task_id or 0
-  return (resolver.task_type in (None, "chief") or
-          (resolver.task_type == "worker" and index == 0)), index
+  return (
+      resolver.task_type in (None, "chief")
+      or (resolver.task_type == "worker" and index == 0)
+  ), index
 
 
 # ---------------------------------------------------------------------------
@@ -270,18 +295,22 @@ def train_custom(strategy, args, on_step=None):
       # The Keras 3 layer used as a plain layer: its tables are Keras
       # variables over mirrored tf.Variables.
       emb = tfmh.keras.MultiHashEmbedding(
-          dims=dims, operation="mul",
-          embeddings_initializer=table_initializer(1))
+          dims=dims,
+          operation="mul",
+          embeddings_initializer=table_initializer(1),
+      )
       emb.build()
       tables = [t.value for t in emb.tables]
       lookup = emb
     else:
-      emb = tfmh.get_multihash_variable("emb", dims, operation="mul",
-                                        initializer=table_initializer(1))
+      emb = tfmh.get_multihash_variable(
+          "emb", dims, operation="mul", initializer=table_initializer(1)
+      )
       tables = list(emb.trainable_variables)
       lookup = lambda ids: tfmh.embedding_lookup(emb, ids)  # noqa: E731
     dense = tf.Variable(table_initializer(2)([width, 1]), name="dense")
     import tf_keras  # pylint: disable=g-import-not-at-top
+
     opt = tf_keras.optimizers.Adagrad(args.learning_rate)
     step = tf.Variable(0, dtype=tf.int64, name="step")
   variables = tables + [dense]
@@ -291,8 +320,11 @@ def train_custom(strategy, args, on_step=None):
   if args.checkpoint_dir:
     # All workers save (the checkpoint's collectives need them); only the
     # chief's copy is kept. All restore the chief's (a shared directory).
-    write_dir = args.checkpoint_dir if is_chief else os.path.join(
-        args.checkpoint_dir, "worker%d_tmp" % index)
+    write_dir = (
+        args.checkpoint_dir
+        if is_chief
+        else os.path.join(args.checkpoint_dir, "worker%d_tmp" % index)
+    )
     manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=2)
     latest = tf.train.latest_checkpoint(args.checkpoint_dir)
     if latest:
@@ -303,12 +335,14 @@ def train_custom(strategy, args, on_step=None):
     with tf.GradientTape() as tape:
       pred = tf.squeeze(tf.matmul(lookup(ids), dense), -1)
       loss = tf.reduce_sum(tf.square(pred - labels)) / args.global_batch
-    grads = reduce_gradients(tape.gradient(loss, variables), variables,
-                             args.reduction)
+    grads = reduce_gradients(
+        tape.gradient(loss, variables), variables, args.reduction
+    )
     opt.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
     step.assign_add(1)
     return tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, loss)
+        tf.distribute.ReduceOp.SUM, loss
+    )
 
   @tf.function
   def train_step(ids, labels):
@@ -317,8 +351,9 @@ def train_custom(strategy, args, on_step=None):
   losses = []
   while int(step.numpy()) < args.steps:
     t = int(step.numpy())
-    ids, labels = global_batch(t, args.global_batch, capacity, args.seed,
-                               args.zipf)
+    ids, labels = global_batch(
+        t, args.global_batch, capacity, args.seed, args.zipf
+    )
     lo, hi = index * per_worker, (index + 1) * per_worker
     loss = train_step(tf.constant(ids[lo:hi]), tf.constant(labels[lo:hi]))
     losses.append(float(strategy.experimental_local_results(loss)[0]))
@@ -329,9 +364,12 @@ def train_custom(strategy, args, on_step=None):
         tf.io.gfile.rmtree(manager.directory)
     if on_step is not None:
       on_step(t)
-  return {"restored_step": restored, "losses": losses,
-          "tables": [local_value(strategy, t) for t in tables],
-          "dense": local_value(strategy, dense)}
+  return {
+      "restored_step": restored,
+      "losses": losses,
+      "tables": [local_value(strategy, t) for t in tables],
+      "dense": local_value(strategy, dense),
+  }
 
 
 def local_value(strategy, variable):
@@ -358,8 +396,11 @@ def fit_classes():
 
     def build(self, input_shape):
       self.embedding = tfmh.get_multihash_variable(
-          self.name + "/emb", self.dims, operation=self.operation,
-          initializer=table_initializer(self.seed))
+          self.name + "/emb",
+          self.dims,
+          operation=self.operation,
+          initializer=table_initializer(self.seed),
+      )
       # Tracked as weights: trainable_weights, checkpoints, BackupAndRestore.
       self.tables = list(self.embedding.tables)
       super().build(input_shape)
@@ -368,8 +409,12 @@ def fit_classes():
       return tfmh.embedding_lookup(self.embedding, ids)
 
     def get_config(self):
-      return dict(super().get_config(), dims=self.dims,
-                  operation=self.operation, seed=self.seed)
+      return dict(
+          super().get_config(),
+          dims=self.dims,
+          operation=self.operation,
+          seed=self.seed,
+      )
 
   class ReducingModel(tf_keras.Model):
     """A tf_keras model whose train step sums the gradients with
@@ -388,10 +433,12 @@ def fit_classes():
         pred = self(x, training=True)
         loss = self.compute_loss(x, y, pred)
       variables = self.trainable_variables
-      grads = reduce_gradients(tape.gradient(loss, variables), variables,
-                               self.reduction)
-      self.optimizer.apply_gradients(zip(grads, variables),
-                                     skip_gradients_aggregation=True)
+      grads = reduce_gradients(
+          tape.gradient(loss, variables), variables, self.reduction
+      )
+      self.optimizer.apply_gradients(
+          zip(grads, variables), skip_gradients_aggregation=True
+      )
       return self.compute_metrics(x, y, pred, None)
 
   return MultiHashLayer, ReducingModel
@@ -401,6 +448,7 @@ def train_fit(strategy, args, callbacks=()):
   """Trains with tf_keras fit; BackupAndRestore in `args.checkpoint_dir`
   (saved at the end of every epoch). Returns the final state."""
   import tf_keras  # pylint: disable=g-import-not-at-top
+
   MultiHashLayer, ReducingModel = fit_classes()
   dims = args.dims
   capacity = dims[0][0] * dims[1][0]
@@ -409,31 +457,38 @@ def train_fit(strategy, args, callbacks=()):
     inputs = tf_keras.Input(shape=(), dtype=tf.int64)
     layer = MultiHashLayer(dims, name="mh")
     out = tf_keras.layers.Dense(
-        1, use_bias=False, name="dense",
+        1,
+        use_bias=False,
+        name="dense",
         kernel_initializer=tf_keras.initializers.Constant(
-            table_initializer(2)([width, 1]).numpy()))(layer(inputs))
-    model = ReducingModel(inputs, tf.squeeze(out, -1),
-                          reduction=args.reduction)
+            table_initializer(2)([width, 1]).numpy()
+        ),
+    )(layer(inputs))
+    model = ReducingModel(inputs, tf.squeeze(out, -1), reduction=args.reduction)
     model.compile(tf_keras.optimizers.Adagrad(args.learning_rate), "mse")
-  batches = [global_batch(t, args.global_batch, capacity, args.seed,
-                          args.zipf)
-             for t in range(args.steps_per_epoch)]
+  batches = [
+      global_batch(t, args.global_batch, capacity, args.seed, args.zipf)
+      for t in range(args.steps_per_epoch)
+  ]
   ids = np.concatenate([b[0] for b in batches])
   labels = np.concatenate([b[1] for b in batches])
   # The same global batches every epoch; MultiWorkerMirroredStrategy hands
   # worker i the i-th slice of each global batch.
   data = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(
-      args.global_batch)
+      args.global_batch
+  )
   callbacks = list(callbacks)
   if args.checkpoint_dir:
-    callbacks.insert(0, tf_keras.callbacks.BackupAndRestore(
-        args.checkpoint_dir))
-  history = model.fit(data, epochs=args.epochs, callbacks=callbacks,
-                      verbose=0)
-  return {"losses": [float(x) for x in history.history["loss"]],
-          "epochs_run": list(history.epoch),
-          "tables": [local_value(strategy, t) for t in layer.tables],
-          "dense": local_value(strategy, model.get_layer("dense").kernel)}
+    callbacks.insert(
+        0, tf_keras.callbacks.BackupAndRestore(args.checkpoint_dir)
+    )
+  history = model.fit(data, epochs=args.epochs, callbacks=callbacks, verbose=0)
+  return {
+      "losses": [float(x) for x in history.history["loss"]],
+      "epochs_run": list(history.epoch),
+      "tables": [local_value(strategy, t) for t in layer.tables],
+      "dense": local_value(strategy, model.get_layer("dense").kernel),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -446,8 +501,9 @@ def free_port():
 
 
 def tf_config(hosts, index):
-  return json.dumps({"cluster": {"worker": hosts},
-                     "task": {"type": "worker", "index": index}})
+  return json.dumps(
+      {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+  )
 
 
 def launch_local(argv, num_workers=2, timeout=600):
@@ -458,8 +514,11 @@ def launch_local(argv, num_workers=2, timeout=600):
   try:
     for i in range(num_workers):
       env = dict(os.environ, TF_CONFIG=tf_config(hosts, i))
-      procs.append(subprocess.Popen([sys.executable, __file__] + argv,
-                                    env=env, start_new_session=True))
+      procs.append(
+          subprocess.Popen(
+              [sys.executable, __file__] + argv, env=env, start_new_session=True
+          )
+      )
     deadline = time.time() + timeout
     for p in procs:
       p.wait(timeout=max(1, deadline - time.time()))
@@ -474,28 +533,49 @@ def launch_local(argv, num_workers=2, timeout=600):
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--mode", choices=("custom", "fit"), default="custom")
-  p.add_argument("--local", action="store_true",
-                 help="start 2 workers on loopback and wait for them")
-  p.add_argument("--single", action="store_true",
-                 help="train in this process alone (no TF_CONFIG)")
-  p.add_argument("--dims", type=json.loads, default=[[64, 8], [32, 8]],
-                 help="the small tables' [rows, width] (JSON)")
+  p.add_argument(
+      "--local",
+      action="store_true",
+      help="start 2 workers on loopback and wait for them",
+  )
+  p.add_argument(
+      "--single",
+      action="store_true",
+      help="train in this process alone (no TF_CONFIG)",
+  )
+  p.add_argument(
+      "--dims",
+      type=json.loads,
+      default=[[64, 8], [32, 8]],
+      help="the small tables' [rows, width] (JSON)",
+  )
   p.add_argument("--global_batch", type=int, default=64)
   p.add_argument("--steps", type=int, default=20, help="custom loop steps")
   p.add_argument("--epochs", type=int, default=4, help="fit epochs")
   p.add_argument("--steps_per_epoch", type=int, default=5)
   p.add_argument("--learning_rate", type=float, default=0.1)
   p.add_argument("--reduction", choices=REDUCTIONS, default="auto")
-  p.add_argument("--layer", choices=("variable", "keras3"), default="variable",
-                 help="custom loop: tfmh.get_multihash_variable, or the Keras "
-                 "3 layer tfmh.keras.MultiHashEmbedding used as a plain layer")
+  p.add_argument(
+      "--layer",
+      choices=("variable", "keras3"),
+      default="variable",
+      help="custom loop: tfmh.get_multihash_variable, or the Keras "
+      "3 layer tfmh.keras.MultiHashEmbedding used as a plain layer",
+  )
   p.add_argument("--checkpoint_dir", default="")
   p.add_argument("--checkpoint_every", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--zipf", type=float, default=1.2,
-                 help="Zipf exponent of the ids; 0 for uniform ids")
-  p.add_argument("--result", default="",
-                 help="write the final state (JSON) here (chief only)")
+  p.add_argument(
+      "--zipf",
+      type=float,
+      default=1.2,
+      help="Zipf exponent of the ids; 0 for uniform ids",
+  )
+  p.add_argument(
+      "--result",
+      default="",
+      help="write the final state (JSON) here (chief only)",
+  )
   p.add_argument("--timeout", type=float, default=600)
   return p.parse_args(argv)
 
@@ -514,11 +594,14 @@ def main():
     argv = [a for a in sys.argv[1:] if a != "--local"]
     sys.exit(launch_local(argv, timeout=args.timeout))
   if not args.single and "TF_CONFIG" not in os.environ:
-    sys.exit("TF_CONFIG is not set: give it (see the top of this file), "
-             "or use --local or --single")
+    sys.exit(
+        "TF_CONFIG is not set: give it (see the top of this file), "
+        "or use --local or --single"
+    )
   out = run(args)
-  is_chief = args.single or json.loads(
-      os.environ["TF_CONFIG"])["task"]["index"] == 0
+  is_chief = (
+      args.single or json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0
+  )
   if is_chief:
     print("losses", " ".join("%.5f" % x for x in out["losses"]))
     if args.result:

@@ -25,6 +25,7 @@ stopped when the workers finish):
 
   python examples/ps_training.py --local --checkpoint_dir=/tmp/mh_ps
 """
+
 import argparse
 import json
 import os
@@ -49,31 +50,54 @@ def parse_args(argv=None):
   """The command line (see the module docstring)."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--ps_hosts", default="", help="host:port,... of ps tasks")
-  p.add_argument("--worker_hosts", default="",
-                 help="host:port,... of worker tasks")
+  p.add_argument(
+      "--worker_hosts", default="", help="host:port,... of worker tasks"
+  )
   p.add_argument("--job_name", choices=("ps", "worker"), default="worker")
   p.add_argument("--task_index", type=int, default=0)
-  p.add_argument("--checkpoint_dir", default=None,
-                 help="where the chief saves and restores checkpoints")
-  p.add_argument("--steps", type=int, default=200,
-                 help="global steps to train to")
+  p.add_argument(
+      "--checkpoint_dir",
+      default=None,
+      help="where the chief saves and restores checkpoints",
+  )
+  p.add_argument(
+      "--steps", type=int, default=200, help="global steps to train to"
+  )
   p.add_argument("--batch_size", type=int, default=256)
-  p.add_argument("--rows", type=int, nargs=2, default=(1000, 1000),
-                 metavar=("ROWS_Q", "ROWS_R"))
+  p.add_argument(
+      "--rows",
+      type=int,
+      nargs=2,
+      default=(1000, 1000),
+      metavar=("ROWS_Q", "ROWS_R"),
+  )
   p.add_argument("--width", type=int, default=16)
-  p.add_argument("--operation", default="mul",
-                 choices=("add", "mul", "concat"))
+  p.add_argument("--operation", default="mul", choices=("add", "mul", "concat"))
   p.add_argument("--learning_rate", type=float, default=0.1)
   p.add_argument("--save_checkpoint_steps", type=int, default=50)
-  p.add_argument("--use_resource", type=int, default=1,
-                 help="1: resource variables, 0: reference variables")
-  p.add_argument("--timeout_s", type=float, default=60.0,
-                 help="bound on every wait (RPCs, session creation)")
-  p.add_argument("--report_bytes", action="store_true",
-                 help="print the bytes one step moves between tasks "
-                 "(traced over 3 steps of one batch)")
-  p.add_argument("--local", action="store_true",
-                 help="launch 2 ps tasks and 2 workers on 127.0.0.1")
+  p.add_argument(
+      "--use_resource",
+      type=int,
+      default=1,
+      help="1: resource variables, 0: reference variables",
+  )
+  p.add_argument(
+      "--timeout_s",
+      type=float,
+      default=60.0,
+      help="bound on every wait (RPCs, session creation)",
+  )
+  p.add_argument(
+      "--report_bytes",
+      action="store_true",
+      help="print the bytes one step moves between tasks "
+      "(traced over 3 steps of one batch)",
+  )
+  p.add_argument(
+      "--local",
+      action="store_true",
+      help="launch 2 ps tasks and 2 workers on 127.0.0.1",
+  )
   return p.parse_args(argv)
 
 
@@ -86,8 +110,10 @@ def cluster_spec(ps_hosts, worker_hosts):
   ps = [h for h in ps_hosts.split(",") if h]
   workers = [h for h in worker_hosts.split(",") if h]
   if not ps or not workers:
-    raise ValueError("--ps_hosts and --worker_hosts need at least one "
-                     "host:port each, got %r and %r" % (ps_hosts, worker_hosts))
+    raise ValueError(
+        "--ps_hosts and --worker_hosts need at least one "
+        "host:port each, got %r and %r" % (ps_hosts, worker_hosts)
+    )
   return tf.train.ClusterSpec({"ps": ps, "worker": workers})
 
 
@@ -100,7 +126,8 @@ def session_config(task_index, timeout_s):
   """
   return v1.ConfigProto(
       device_filters=["/job:ps", "/job:worker/task:%d" % task_index],
-      operation_timeout_in_ms=int(timeout_s * 1000))
+      operation_timeout_in_ms=int(timeout_s * 1000),
+  )
 
 
 def table_initializer(seed):
@@ -109,8 +136,7 @@ def table_initializer(seed):
 
   def init(shape, dtype=None, partition_info=None):
     rows, width = int(shape[0]), int(shape[1])
-    offset = 0 if partition_info is None else int(
-        partition_info.var_offset[0])
+    offset = 0 if partition_info is None else int(partition_info.var_offset[0])
     r = np.arange(offset, offset + rows, dtype=np.float64)[:, None]
     c = np.arange(width, dtype=np.float64)[None, :]
     value = 0.5 + 0.25 * np.sin(seed + 0.37 * r + 1.3 * c)
@@ -136,22 +162,30 @@ class Model(object):
     self.capacity = args.rows[0] * args.rows[1]
     self.global_step = v1.train.get_or_create_global_step()
     dims = [[args.rows[0], args.width], [args.rows[1], args.width]]
-    partitioner = (v1.fixed_size_partitioner(num_ps) if num_ps > 1 else None)
+    partitioner = v1.fixed_size_partitioner(num_ps) if num_ps > 1 else None
     self.embedding = tfmh.get_multihash_variable(
-        "item_embedding", dims, operation=args.operation,
-        initializer=table_initializer(1.0), partitioner=partitioner,
-        use_resource=bool(args.use_resource))
+        "item_embedding",
+        dims,
+        operation=args.operation,
+        initializer=table_initializer(1.0),
+        partitioner=partitioner,
+        use_resource=bool(args.use_resource),
+    )
     out_width = self.embedding.embedding_dim
     self.weights = v1.get_variable(
-        "weights", [out_width], initializer=v1.constant_initializer(0.1),
-        use_resource=bool(args.use_resource))
+        "weights",
+        [out_width],
+        initializer=v1.constant_initializer(0.1),
+        use_resource=bool(args.use_resource),
+    )
     self.ids = v1.placeholder(tf.int64, [None], name="ids")
     self.labels = v1.placeholder(tf.float32, [None], name="labels")
     rows = tf.nn.embedding_lookup(self.embedding, self.ids)
     prediction = tf.reduce_sum(rows * self.weights, axis=-1)
     self.loss = tf.reduce_mean(tf.square(prediction - self.labels))
     self.train_op = v1.train.AdagradOptimizer(args.learning_rate).minimize(
-        self.loss, global_step=self.global_step)
+        self.loss, global_step=self.global_step
+    )
 
   def feed(self, seed, batch_size):
     ids, labels = make_batch(seed, batch_size, self.capacity)
@@ -176,7 +210,8 @@ def build_model(args, cluster=None, task_index=0):
   if cluster is None:
     return Model(args, num_ps=1)
   setter = v1.train.replica_device_setter(
-      cluster=cluster, worker_device="/job:worker/task:%d" % task_index)
+      cluster=cluster, worker_device="/job:worker/task:%d" % task_index
+  )
   with v1.device(setter):
     return Model(args, num_ps=cluster.num_tasks("ps"))
 
@@ -187,14 +222,19 @@ def monitored_session(args, server, task_index, hooks=None):
   errors (a ps task restarted) recreate the session, restoring again."""
   return v1.train.MonitoredTrainingSession(
       hooks=hooks,
-      master=server.target, is_chief=(task_index == 0),
+      master=server.target,
+      is_chief=(task_index == 0),
       checkpoint_dir=args.checkpoint_dir,
-      save_checkpoint_steps=(args.save_checkpoint_steps
-                             if args.checkpoint_dir else None),
-      save_checkpoint_secs=None, save_summaries_steps=None,
-      save_summaries_secs=None, log_step_count_steps=None,
+      save_checkpoint_steps=(
+          args.save_checkpoint_steps if args.checkpoint_dir else None
+      ),
+      save_checkpoint_secs=None,
+      save_summaries_steps=None,
+      save_summaries_secs=None,
+      log_step_count_steps=None,
       config=session_config(task_index, args.timeout_s),
-      max_wait_secs=args.timeout_s)
+      max_wait_secs=args.timeout_s,
+  )
 
 
 # One cross-task tensor transfer in a traced step's stats: a node named
@@ -218,8 +258,14 @@ def traced_transfers(run_metadata):
     for node in dev.node_stats:
       m = _TRANSFER.search(node.timeline_label)
       if node.node_name == "RecvTensor" and m:
-        out.append({"tensor": m.group(2), "src": m.group(3),
-                    "dst": m.group(4), "bytes": int(m.group(1))})
+        out.append(
+            {
+                "tensor": m.group(2),
+                "src": m.group(3),
+                "dst": m.group(4),
+                "bytes": int(m.group(1)),
+            }
+        )
   return out
 
 
@@ -252,21 +298,32 @@ def measure_step_bytes(sess, model, feed_dict, repeats=3):
   seen = {}
   for _ in range(repeats):
     meta = v1.RunMetadata()
-    run_step(sess, model.train_op, feed_dict=feed_dict, run_metadata=meta,
-             options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE))
+    run_step(
+        sess,
+        model.train_op,
+        feed_dict=feed_dict,
+        run_metadata=meta,
+        options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE),
+    )
     for t in traced_transfers(meta):
       seen[(t["tensor"], t["src"], t["dst"])] = t
   transfers = list(seen.values())
-  summary = {k: 0 for k in ("rows_from_ps", "row_ids_to_ps",
-                            "gradient_rows_to_ps", "other")}
+  summary = {
+      k: 0
+      for k in ("rows_from_ps", "row_ids_to_ps", "gradient_rows_to_ps", "other")
+  }
   for t in transfers:
     summary[_kind(t)] += t["bytes"]
-  shard_bytes = [v.shape.num_elements() * v.dtype.base_dtype.size
-                 for v in model.table_shards()]
-  summary.update(table_bytes=sum(shard_bytes),
-                 smallest_shard_bytes=min(shard_bytes),
-                 largest_transfer=max([t["bytes"] for t in transfers] or [0]),
-                 transfers=transfers)
+  shard_bytes = [
+      v.shape.num_elements() * v.dtype.base_dtype.size
+      for v in model.table_shards()
+  ]
+  summary.update(
+      table_bytes=sum(shard_bytes),
+      smallest_shard_bytes=min(shard_bytes),
+      largest_transfer=max([t["bytes"] for t in transfers] or [0]),
+      transfers=transfers,
+  )
   return summary
 
 
@@ -292,8 +349,9 @@ def run_step(sess, fetches, feed_dict=None, retries=3, **kwargs):
 
 
 def start_server(args, cluster):
-  return v1.train.Server(cluster, job_name=args.job_name,
-                         task_index=args.task_index)
+  return v1.train.Server(
+      cluster, job_name=args.job_name, task_index=args.task_index
+  )
 
 
 def run_worker(args, cluster):
@@ -307,18 +365,31 @@ def run_worker(args, cluster):
       while not sess.should_stop():
         seed = args.task_index * 1000003 + local_step
         if args.report_bytes and local_step == 5:
-          report = measure_step_bytes(sess, model,
-                                      model.feed(seed, args.batch_size))
+          report = measure_step_bytes(
+              sess, model, model.feed(seed, args.batch_size)
+          )
           report.pop("transfers")
-          print(json.dumps({"task": args.task_index,
-                            "bytes_per_step": report}), flush=True)
+          print(
+              json.dumps({"task": args.task_index, "bytes_per_step": report}),
+              flush=True,
+          )
         loss, step, _ = run_step(
-            sess, [model.loss, model.global_step, model.train_op],
-            feed_dict=model.feed(seed, args.batch_size))
+            sess,
+            [model.loss, model.global_step, model.train_op],
+            feed_dict=model.feed(seed, args.batch_size),
+        )
         local_step += 1
         if local_step % 20 == 0:
-          print(json.dumps({"task": args.task_index, "global_step": int(step),
-                            "loss": float(loss)}), flush=True)
+          print(
+              json.dumps(
+                  {
+                      "task": args.task_index,
+                      "global_step": int(step),
+                      "loss": float(loss),
+                  }
+              ),
+              flush=True,
+          )
 
 
 def _free_port():
@@ -330,17 +401,23 @@ def _free_port():
 def run_local(args):
   """Runs 2 ps tasks and 2 workers as child processes on 127.0.0.1."""
   hosts = ["127.0.0.1:%d" % _free_port() for _ in range(4)]
-  common = [sys.executable, os.path.abspath(__file__),
-            "--ps_hosts=" + ",".join(hosts[:2]),
-            "--worker_hosts=" + ",".join(hosts[2:]),
-            "--steps=%d" % args.steps, "--operation=" + args.operation,
-            "--timeout_s=%g" % args.timeout_s,
-            "--batch_size=%d" % args.batch_size,
-            "--rows", str(args.rows[0]), str(args.rows[1]),
-            "--width=%d" % args.width,
-            "--learning_rate=%g" % args.learning_rate,
-            "--save_checkpoint_steps=%d" % args.save_checkpoint_steps,
-            "--use_resource=%d" % args.use_resource]
+  common = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--ps_hosts=" + ",".join(hosts[:2]),
+      "--worker_hosts=" + ",".join(hosts[2:]),
+      "--steps=%d" % args.steps,
+      "--operation=" + args.operation,
+      "--timeout_s=%g" % args.timeout_s,
+      "--batch_size=%d" % args.batch_size,
+      "--rows",
+      str(args.rows[0]),
+      str(args.rows[1]),
+      "--width=%d" % args.width,
+      "--learning_rate=%g" % args.learning_rate,
+      "--save_checkpoint_steps=%d" % args.save_checkpoint_steps,
+      "--use_resource=%d" % args.use_resource,
+  ]
   if args.report_bytes:
     common.append("--report_bytes")
   if args.checkpoint_dir:
@@ -348,9 +425,12 @@ def run_local(args):
   children = []
   try:
     for job, index in (("ps", 0), ("ps", 1), ("worker", 0), ("worker", 1)):
-      children.append(subprocess.Popen(
-          common + ["--job_name=" + job, "--task_index=%d" % index],
-          start_new_session=True))
+      children.append(
+          subprocess.Popen(
+              common + ["--job_name=" + job, "--task_index=%d" % index],
+              start_new_session=True,
+          )
+      )
     deadline = time.time() + max(120.0, args.steps * 2.0)
     for worker in children[2:]:
       worker.wait(timeout=max(1.0, deadline - time.time()))

@@ -6,6 +6,7 @@ Ids 0..3 map to (q, r) = (id // 2, id % 2), so every row of each small table
 is used twice, each element's gradient is 4, and every element goes
 1.0 -> 0.9003111 -> 0.8297106 -> 0.7720356.
 """
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,8 +19,11 @@ import tensorflow_multihash as tfmh  # noqa: E402
 
 def main():
   embedding = tfmh.get_multihash_variable(
-      "var-dist", [[2, 2], [2, 2]], operation="concat",
-      initializer=tf.ones_initializer())
+      "var-dist",
+      [[2, 2], [2, 2]],
+      operation="concat",
+      initializer=tf.ones_initializer(),
+  )
   ids = tf.constant([0, 1, 2, 3], dtype=tf.int64)
   opt = tf.compat.v1.train.AdagradOptimizer(0.1)
   variables = embedding.trainable_variables

@@ -25,6 +25,7 @@ def __getattr__(name):
   # package imports without Keras.
   if name == "keras":
     from tensorflow_multihash import keras_layers
+
     return keras_layers
   raise AttributeError("module %r has no attribute %r" % (__name__, name))
 

@@ -45,76 +45,146 @@ _Params = typing.Union[MultiHashVariable, typing.List[MultiHashVariable]]
 
 
 @tf.experimental.dispatch_for_api(tf.nn.embedding_lookup)
-def _embedding_lookup_v2(params: _Params, ids, max_norm=None,
-                         name=None):
-  return embedding_ops.embedding_lookup(params, ids, max_norm=max_norm,
-                                        name=name)
+def _embedding_lookup_v2(params: _Params, ids, max_norm=None, name=None):
+  return embedding_ops.embedding_lookup(
+      params, ids, max_norm=max_norm, name=name
+  )
 
 
-def _embedding_lookup_v1(params, ids, partition_strategy="mod", name=None,
-                         validate_indices=True, max_norm=None):
+def _embedding_lookup_v1(
+    params,
+    ids,
+    partition_strategy="mod",
+    name=None,
+    validate_indices=True,
+    max_norm=None,
+):
   if not _is_multihash(params):  # ragged ids of a plain table: TensorFlow's
     return _ragged_targets["embedding_lookup"](
-        params, ids, partition_strategy=partition_strategy, name=name,
-        validate_indices=validate_indices, max_norm=max_norm)
-  return embedding_ops.embedding_lookup(params, ids, max_norm=max_norm,
-                                        name=name)
+        params,
+        ids,
+        partition_strategy=partition_strategy,
+        name=name,
+        validate_indices=validate_indices,
+        max_norm=max_norm,
+    )
+  return embedding_ops.embedding_lookup(
+      params, ids, max_norm=max_norm, name=name
+  )
 
 
 @tf.experimental.dispatch_for_api(tf.nn.embedding_lookup_sparse)
-def _embedding_lookup_sparse_v2(params: _Params, sp_ids, sp_weights,
-                                combiner=None, max_norm=None, name=None,
-                                allow_fast_lookup=False):
+def _embedding_lookup_sparse_v2(
+    params: _Params,
+    sp_ids,
+    sp_weights,
+    combiner=None,
+    max_norm=None,
+    name=None,
+    allow_fast_lookup=False,
+):
   return embedding_ops.embedding_lookup_sparse(
-      params, sp_ids, sp_weights, combiner=combiner, max_norm=max_norm,
-      name=name)
+      params,
+      sp_ids,
+      sp_weights,
+      combiner=combiner,
+      max_norm=max_norm,
+      name=name,
+  )
 
 
-def _embedding_lookup_sparse_v1(params, sp_ids, sp_weights,
-                                partition_strategy="mod", name=None,
-                                combiner=None, max_norm=None,
-                                allow_fast_lookup=False):
+def _embedding_lookup_sparse_v1(
+    params,
+    sp_ids,
+    sp_weights,
+    partition_strategy="mod",
+    name=None,
+    combiner=None,
+    max_norm=None,
+    allow_fast_lookup=False,
+):
   if not _is_multihash(params):
     return _ragged_targets["embedding_lookup_sparse"](
-        params, sp_ids, sp_weights, partition_strategy=partition_strategy,
-        name=name, combiner=combiner, max_norm=max_norm,
-        allow_fast_lookup=allow_fast_lookup)
+        params,
+        sp_ids,
+        sp_weights,
+        partition_strategy=partition_strategy,
+        name=name,
+        combiner=combiner,
+        max_norm=max_norm,
+        allow_fast_lookup=allow_fast_lookup,
+    )
   return embedding_ops.embedding_lookup_sparse(
-      params, sp_ids, sp_weights, combiner=combiner, max_norm=max_norm,
-      name=name)
+      params,
+      sp_ids,
+      sp_weights,
+      combiner=combiner,
+      max_norm=max_norm,
+      name=name,
+  )
 
 
 @tf.experimental.dispatch_for_api(tf.nn.safe_embedding_lookup_sparse)
-def _safe_embedding_lookup_sparse_v2(embedding_weights: _Params,
-                                     sparse_ids, sparse_weights=None,
-                                     combiner="mean", default_id=None,
-                                     max_norm=None, name=None,
-                                     allow_fast_lookup=False):
+def _safe_embedding_lookup_sparse_v2(
+    embedding_weights: _Params,
+    sparse_ids,
+    sparse_weights=None,
+    combiner="mean",
+    default_id=None,
+    max_norm=None,
+    name=None,
+    allow_fast_lookup=False,
+):
   return embedding_ops.safe_embedding_lookup_sparse(
-      embedding_weights, sparse_ids, sparse_weights, combiner=combiner,
-      default_id=default_id, max_norm=max_norm, name=name)
+      embedding_weights,
+      sparse_ids,
+      sparse_weights,
+      combiner=combiner,
+      default_id=default_id,
+      max_norm=max_norm,
+      name=name,
+  )
 
 
-def _safe_embedding_lookup_sparse_v1(embedding_weights,
-                                     sparse_ids, sparse_weights=None,
-                                     combiner="mean", default_id=None,
-                                     name=None, partition_strategy="div",
-                                     max_norm=None, allow_fast_lookup=False):
+def _safe_embedding_lookup_sparse_v1(
+    embedding_weights,
+    sparse_ids,
+    sparse_weights=None,
+    combiner="mean",
+    default_id=None,
+    name=None,
+    partition_strategy="div",
+    max_norm=None,
+    allow_fast_lookup=False,
+):
   if not _is_multihash(embedding_weights):
     return _ragged_targets["safe_embedding_lookup_sparse"](
-        embedding_weights, sparse_ids, sparse_weights, combiner=combiner,
-        default_id=default_id, name=name,
-        partition_strategy=partition_strategy, max_norm=max_norm,
-        allow_fast_lookup=allow_fast_lookup)
+        embedding_weights,
+        sparse_ids,
+        sparse_weights,
+        combiner=combiner,
+        default_id=default_id,
+        name=name,
+        partition_strategy=partition_strategy,
+        max_norm=max_norm,
+        allow_fast_lookup=allow_fast_lookup,
+    )
   return embedding_ops.safe_embedding_lookup_sparse(
-      embedding_weights, sparse_ids, sparse_weights, combiner=combiner,
-      default_id=default_id, max_norm=max_norm, name=name)
+      embedding_weights,
+      sparse_ids,
+      sparse_weights,
+      combiner=combiner,
+      default_id=default_id,
+      max_norm=max_norm,
+      name=name,
+  )
 
 
 def _is_multihash(params):
   return isinstance(params, MultiHashVariable) or (
-      isinstance(params, (list, tuple)) and
-      any(isinstance(p, MultiHashVariable) for p in params))
+      isinstance(params, (list, tuple))
+      and any(isinstance(p, MultiHashVariable) for p in params)
+  )
 
 
 # TensorFlow's v1 lookups also dispatch ragged ids to its own ragged
@@ -138,13 +208,24 @@ def _register_v1(api, target, params_name, ragged_name):
   tf.experimental.dispatch_for_api(api, *signatures)(target)
 
 
-_register_v1(tf.compat.v1.nn.embedding_lookup, _embedding_lookup_v1,
-             "params", "embedding_lookup")
-_register_v1(tf.compat.v1.nn.embedding_lookup_sparse,
-             _embedding_lookup_sparse_v1, "params", "embedding_lookup_sparse")
-_register_v1(tf.compat.v1.nn.safe_embedding_lookup_sparse,
-             _safe_embedding_lookup_sparse_v1, "embedding_weights",
-             "safe_embedding_lookup_sparse")
+_register_v1(
+    tf.compat.v1.nn.embedding_lookup,
+    _embedding_lookup_v1,
+    "params",
+    "embedding_lookup",
+)
+_register_v1(
+    tf.compat.v1.nn.embedding_lookup_sparse,
+    _embedding_lookup_sparse_v1,
+    "params",
+    "embedding_lookup_sparse",
+)
+_register_v1(
+    tf.compat.v1.nn.safe_embedding_lookup_sparse,
+    _safe_embedding_lookup_sparse_v1,
+    "embedding_weights",
+    "safe_embedding_lookup_sparse",
+)
 
 # pylint: enable=unused-argument
 
@@ -162,8 +243,12 @@ def _warn_if_rows_differ(args, kwargs):
     bound = variable_lib.bind_arguments(args, kwargs)
     dims = bound["dims"]
     strategy = bound.get("complementary_strategy", "Q-R")
-    if (bound.get("deeprec_mapping") is not None or strategy != "Q-R" or
-        len(dims) != 2 or dims[0][0] == dims[1][0]):
+    if (
+        bound.get("deeprec_mapping") is not None
+        or strategy != "Q-R"
+        or len(dims) != 2
+        or dims[0][0] == dims[1][0]
+    ):
       return
     rows_q, rows_r = int(dims[0][0]), int(dims[1][0])
   except (TypeError, ValueError, IndexError, KeyError):
@@ -178,8 +263,15 @@ def _warn_if_rows_differ(args, kwargs):
       "does, call tensorflow_multihash.set_deeprec_mapping(True) once "
       "before building the model (or pass deeprec_mapping=True); "
       "set_deeprec_mapping(False) keeps this package's mapping and silences "
-      "this warning.", rows_q, rows_r, rows_r, rows_r, rows_q * rows_r,
-      rows_q, rows_r)
+      "this warning.",
+      rows_q,
+      rows_r,
+      rows_r,
+      rows_r,
+      rows_q * rows_r,
+      rows_q,
+      rows_r,
+  )
 
 
 def deeprec_get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-docstring
@@ -189,13 +281,15 @@ def deeprec_get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-
 
 deeprec_get_multihash_variable.__doc__ = get_multihash_variable.__doc__
 deeprec_get_multihash_variable.__signature__ = (
-    get_multihash_variable.__signature__)
+    get_multihash_variable.__signature__
+)
 
 # DeepRec's own modules call variable_scope.get_multihash_variable.
 for _namespace in (tf, tf.compat.v1, tf_v1_module, variable_scope):
   if not hasattr(_namespace, "get_multihash_variable"):
-    setattr(_namespace, "get_multihash_variable",
-            deeprec_get_multihash_variable)
+    setattr(
+        _namespace, "get_multihash_variable", deeprec_get_multihash_variable
+    )
 
 
 def _wrap_embedding_column(tf_embedding_column):
@@ -203,36 +297,61 @@ def _wrap_embedding_column(tf_embedding_column):
   (width_Q, width_R) dimension."""
 
   @functools.wraps(tf_embedding_column)
-  def embedding_column(categorical_column, dimension, combiner="mean",
-                       initializer=None, ckpt_to_load_from=None,
-                       tensor_name_in_ckpt=None, max_norm=None,
-                       trainable=True, use_safe_embedding_lookup=True):
+  def embedding_column(
+      categorical_column,
+      dimension,
+      combiner="mean",
+      initializer=None,
+      ckpt_to_load_from=None,
+      tensor_name_in_ckpt=None,
+      max_norm=None,
+      trainable=True,
+      use_safe_embedding_lookup=True,
+  ):
     if feature_column.multihash_column_of(categorical_column) is None:
       return tf_embedding_column(
-          categorical_column, dimension, combiner=combiner,
-          initializer=initializer, ckpt_to_load_from=ckpt_to_load_from,
-          tensor_name_in_ckpt=tensor_name_in_ckpt, max_norm=max_norm,
+          categorical_column,
+          dimension,
+          combiner=combiner,
+          initializer=initializer,
+          ckpt_to_load_from=ckpt_to_load_from,
+          tensor_name_in_ckpt=tensor_name_in_ckpt,
+          max_norm=max_norm,
           trainable=trainable,
-          use_safe_embedding_lookup=use_safe_embedding_lookup)
+          use_safe_embedding_lookup=use_safe_embedding_lookup,
+      )
     if ckpt_to_load_from is not None or tensor_name_in_ckpt is not None:
-      raise ValueError("ckpt_to_load_from and tensor_name_in_ckpt are not "
-                       "supported for a multi-hash column; restore its "
-                       "tables with a Saver or tf.train.Checkpoint")
+      raise ValueError(
+          "ckpt_to_load_from and tensor_name_in_ckpt are not "
+          "supported for a multi-hash column; restore its "
+          "tables with a Saver or tf.train.Checkpoint"
+      )
     return feature_column.embedding_column(
-        categorical_column, dimension, combiner=combiner,
-        initializer=initializer, max_norm=max_norm, trainable=trainable)
+        categorical_column,
+        dimension,
+        combiner=combiner,
+        initializer=initializer,
+        max_norm=max_norm,
+        trainable=trainable,
+    )
 
   embedding_column.tfmh_wrapped = tf_embedding_column
   return embedding_column
 
 
-_FEATURE_COLUMN_NAMESPACES = (fc2, tf.feature_column,
-                              tf.compat.v1.feature_column,
-                              tf_v1_module.feature_column)
+_FEATURE_COLUMN_NAMESPACES = (
+    fc2,
+    tf.feature_column,
+    tf.compat.v1.feature_column,
+    tf_v1_module.feature_column,
+)
 for _namespace in _FEATURE_COLUMN_NAMESPACES:
   if not hasattr(_namespace, "categorical_column_with_multihash"):
-    setattr(_namespace, "categorical_column_with_multihash",
-            feature_column.categorical_column_with_multihash)
+    setattr(
+        _namespace,
+        "categorical_column_with_multihash",
+        feature_column.categorical_column_with_multihash,
+    )
   _original = getattr(_namespace, "embedding_column")
   if not hasattr(_original, "tfmh_wrapped"):
     setattr(_namespace, "embedding_column", _wrap_embedding_column(_original))

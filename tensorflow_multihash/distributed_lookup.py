@@ -37,8 +37,9 @@ class _DeviceProbe(object):
   an op created now would go, without adding a node to the graph."""
 
   def __init__(self):
-    self.node_def = node_def_pb2.NodeDef(name="multihash_device_probe",
-                                         op="Identity")
+    self.node_def = node_def_pb2.NodeDef(
+        name="multihash_device_probe", op="Identity"
+    )
     self.type = "Identity"
     self.name = self.node_def.name
 
@@ -106,8 +107,9 @@ def needs_colocated_lookup(tables):
   """
   if tf.executing_eagerly():
     return False
-  devices = [_shard_device(s) for t in tables
-             for s in multihash_ops.table_shards(t)]
+  devices = [
+      _shard_device(s) for t in tables for s in multihash_ops.table_shards(t)
+  ]
   devices = [d for d in devices if d]
   if not devices:
     return False
@@ -120,7 +122,8 @@ def needs_colocated_lookup(tables):
 def _placed_with(shard):
   """A context that puts new ops on the shard's device."""
   if isinstance(shard, tf.Variable) or (
-      isinstance(shard, tf.Tensor) and not isinstance(shard, ops.EagerTensor)):
+      isinstance(shard, tf.Tensor) and not isinstance(shard, ops.EagerTensor)
+  ):
     # ops.colocate_with is tf.compat.v1.colocate_with without its
     # deprecation warning.
     return ops.colocate_with(shard)
@@ -131,8 +134,9 @@ def _placed_with(shard):
 def _checked_ids(ids, capacity, rows, out_of_range):
   """Flat int64 ids; out-of-range ids fail (or wrap) before any gather."""
   if out_of_range == "wrap":
-    return tf.cast(tf.reshape(multihash_ops.wrap_ids(ids, capacity), [-1]),
-                   tf.int64)
+    return tf.cast(
+        tf.reshape(multihash_ops.wrap_ids(ids, capacity), [-1]), tf.int64
+    )
   flat = tf.cast(tf.reshape(ids, [-1]), tf.int64)
   bad = tf.logical_or(flat < 0, flat >= capacity)
 
@@ -141,9 +145,10 @@ def _checked_ids(ids, capacity, rows, out_of_range):
     position = tf.argmax(tf.cast(bad, tf.int32))
     message = tf.strings.format(
         "ids[{}] = {} is out of range: ids must be in [0, %d), the capacity "
-        "of tables with %s rows; out_of_range=\"wrap\" folds larger ids "
+        'of tables with %s rows; out_of_range="wrap" folds larger ids '
         "into that range" % (capacity, list(rows)),
-        (position, tf.gather(flat, position)))
+        (position, tf.gather(flat, position)),
+    )
     return tf.debugging.Assert(False, [message])
 
   check = tf.cond(tf.reduce_any(bad), report, tf.no_op, name="check_ids")
@@ -175,12 +180,14 @@ def _gather_table(shards, table_rows, name):
       local = uniq - tf.gather(tf.constant(starts, tf.int64), which)
       local_parts = tf.dynamic_partition(local, which, len(shards))
       positions = tf.dynamic_partition(
-          tf.range(tf.size(uniq, out_type=tf.int32)), which, len(shards))
+          tf.range(tf.size(uniq, out_type=tf.int32)), which, len(shards)
+      )
       parts = []
       for s, shard in enumerate(shards):
         with _placed_with(shard):
-          parts.append(tf.gather(shard, local_parts[s],
-                                 name="gather_shard_%d" % s))
+          parts.append(
+              tf.gather(shard, local_parts[s], name="gather_shard_%d" % s)
+          )
       found = tf.dynamic_stitch(positions, parts)
     return tf.gather(found, inverse)
 
@@ -199,9 +206,15 @@ def _combine(parts, operation, dtype):
   return tf.cast(out, dtype) if widened else out
 
 
-def colocated_lookup(tables, ids, operation="add",
-                     complementary_strategy="Q-R", out_of_range="error",
-                     deeprec_mapping=False, name=None):
+def colocated_lookup(
+    tables,
+    ids,
+    operation="add",
+    complementary_strategy="Q-R",
+    out_of_range="error",
+    deeprec_mapping=False,
+    name=None,
+):
   """Looks up `ids`, gathering each shard's rows where the shard lives.
 
   Gives the same numbers as `multihash_ops.multihash_lookup` (identical
@@ -233,10 +246,15 @@ def colocated_lookup(tables, ids, operation="add",
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity)
       with out_of_range="error".
   """
-  (operation, shards, rows, widths, dtype, divisors,
-   capacity) = multihash_ops.describe_lookup(
-       tables, operation, complementary_strategy, out_of_range,
-       deeprec_mapping)
+  (operation, shards, rows, widths, dtype, divisors, capacity) = (
+      multihash_ops.describe_lookup(
+          tables,
+          operation,
+          complementary_strategy,
+          out_of_range,
+          deeprec_mapping,
+      )
+  )
   with tf.name_scope(name or "multihash_colocated_lookup"):
     ids = multihash_ops._ids_tensor(ids)  # pylint: disable=protected-access
     flat = _checked_ids(ids, capacity, rows, out_of_range)

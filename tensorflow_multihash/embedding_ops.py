@@ -30,11 +30,14 @@ def single_params(params, arg_name="params"):
       raise ValueError(
           "%s must be a MultiHashVariable or a list of exactly one, got a "
           "%s of %d entries; to shard a multi-hash variable, give "
-          "get_multihash_variable a partitioner" %
-          (arg_name, type(params).__name__, len(params)))
+          "get_multihash_variable a partitioner"
+          % (arg_name, type(params).__name__, len(params))
+      )
   if not isinstance(params, MultiHashVariable):
-    raise TypeError("%s must be a MultiHashVariable, got %s" %
-                    (arg_name, type(params).__name__))
+    raise TypeError(
+        "%s must be a MultiHashVariable, got %s"
+        % (arg_name, type(params).__name__)
+    )
   return params
 
 
@@ -69,17 +72,24 @@ def embedding_lookup(params, ids, max_norm=None, name=None):
   if isinstance(ids, tf.RaggedTensor):
     with tf.name_scope(name or "multihash_embedding_lookup_ragged"):
       return ids.with_flat_values(
-          embedding_lookup(params, ids.flat_values, max_norm=max_norm))
+          embedding_lookup(params, ids.flat_values, max_norm=max_norm)
+      )
   with tf.name_scope(name or "multihash_embedding_lookup"):
     # Shards spread over devices (parameter servers): gather rows where
     # they live instead of copying shards to one kernel.
-    lookup = (distributed_lookup.colocated_lookup
-              if distributed_lookup.needs_colocated_lookup(params.tables)
-              else multihash_ops.multihash_lookup)
-    emb = lookup(params.tables, ids, operation=params.operation,
-                 complementary_strategy=params.complementary_strategy,
-                 out_of_range=params.out_of_range,
-                 deeprec_mapping=params.deeprec_mapping)
+    lookup = (
+        distributed_lookup.colocated_lookup
+        if distributed_lookup.needs_colocated_lookup(params.tables)
+        else multihash_ops.multihash_lookup
+    )
+    emb = lookup(
+        params.tables,
+        ids,
+        operation=params.operation,
+        complementary_strategy=params.complementary_strategy,
+        out_of_range=params.out_of_range,
+        deeprec_mapping=params.deeprec_mapping,
+    )
     return _clip(emb, max_norm)
 
 
@@ -95,8 +105,11 @@ def _pool(emb, segment_ids, num_segments, weights, combiner):
   if combiner == "mean":
     denom = tf.math.unsorted_segment_sum(weights, segment_ids, num_segments)
   else:  # sqrtn
-    denom = tf.sqrt(tf.math.unsorted_segment_sum(
-        weights * weights, segment_ids, num_segments))
+    denom = tf.sqrt(
+        tf.math.unsorted_segment_sum(
+            weights * weights, segment_ids, num_segments
+        )
+    )
   return tf.math.divide_no_nan(total, tf.expand_dims(denom, -1))
 
 
@@ -104,21 +117,25 @@ def _check_combiner(combiner):
   if combiner is None:
     return "mean"
   if combiner not in COMBINERS:
-    raise ValueError("combiner must be one of %s, got %r" %
-                     (", ".join(COMBINERS), combiner))
+    raise ValueError(
+        "combiner must be one of %s, got %r" % (", ".join(COMBINERS), combiner)
+    )
   return combiner
 
 
 def _ragged_bags(rt, arg_name):
   """(values, segment ids, number of bags) of a 2-D RaggedTensor."""
   if rt.ragged_rank != 1 or rt.flat_values.shape.rank != 1:
-    raise ValueError("%s must be a 2-D RaggedTensor [batch, (ids)], got "
-                     "shape %s" % (arg_name, rt.shape))
+    raise ValueError(
+        "%s must be a 2-D RaggedTensor [batch, (ids)], got "
+        "shape %s" % (arg_name, rt.shape)
+    )
   return rt.flat_values, rt.value_rowids(), rt.nrows()
 
 
-def embedding_lookup_sparse(params, sp_ids, sp_weights, combiner=None,
-                            max_norm=None, name=None):
+def embedding_lookup_sparse(
+    params, sp_ids, sp_weights, combiner=None, max_norm=None, name=None
+):
   """Looks up and pools bags of ids: row b of the result pools the
   embeddings of the ids in row b of `sp_ids`.
 
@@ -149,19 +166,26 @@ def embedding_lookup_sparse(params, sp_ids, sp_weights, combiner=None,
   combiner = _check_combiner(combiner)
   with tf.name_scope(name or "multihash_embedding_lookup_sparse"):
     if isinstance(sp_ids, tf.RaggedTensor):
-      if sp_weights is not None and not isinstance(sp_weights,
-                                                   tf.RaggedTensor):
-        raise TypeError("sp_weights must be None or a RaggedTensor like "
-                        "sp_ids, got %s" % type(sp_weights).__name__)
+      if sp_weights is not None and not isinstance(sp_weights, tf.RaggedTensor):
+        raise TypeError(
+            "sp_weights must be None or a RaggedTensor like "
+            "sp_ids, got %s" % type(sp_weights).__name__
+        )
       ids, segment_ids, num_bags = _ragged_bags(sp_ids, "sp_ids")
-      weights = (None if sp_weights is None else
-                 _ragged_bags(sp_weights, "sp_weights")[0])
+      weights = (
+          None
+          if sp_weights is None
+          else _ragged_bags(sp_weights, "sp_weights")[0]
+      )
     else:
       sp_ids = _as_sparse(sp_ids, "sp_ids")
       ids, segment_ids = sp_ids.values, sp_ids.indices[:, 0]
       num_bags = sp_ids.dense_shape[0]
-      weights = (None if sp_weights is None else
-                 _as_sparse(sp_weights, "sp_weights").values)
+      weights = (
+          None
+          if sp_weights is None
+          else _as_sparse(sp_weights, "sp_weights").values
+      )
     emb = embedding_lookup(params, ids, max_norm=max_norm)
     if weights is not None:
       weights = tf.cast(weights, emb.dtype)
@@ -172,14 +196,22 @@ def _as_sparse(sp, arg_name):
   if isinstance(sp, tf.compat.v1.SparseTensorValue):
     return tf.SparseTensor.from_value(sp)
   if not isinstance(sp, tf.SparseTensor):
-    raise TypeError("%s must be a SparseTensor or a RaggedTensor, got %s" %
-                    (arg_name, type(sp).__name__))
+    raise TypeError(
+        "%s must be a SparseTensor or a RaggedTensor, got %s"
+        % (arg_name, type(sp).__name__)
+    )
   return sp
 
 
-def safe_embedding_lookup_sparse(embedding_weights, sparse_ids,
-                                 sparse_weights=None, combiner="mean",
-                                 default_id=None, max_norm=None, name=None):
+def safe_embedding_lookup_sparse(
+    embedding_weights,
+    sparse_ids,
+    sparse_weights=None,
+    combiner="mean",
+    default_id=None,
+    max_norm=None,
+    name=None,
+):
   """Like `embedding_lookup_sparse`, for ids of any rank, with TensorFlow's
   pruning: ids < 0 are dropped, and so are ids whose weight is not positive
   unless the combiner is "sum" (then every weight counts, negative ones
@@ -212,26 +244,44 @@ def safe_embedding_lookup_sparse(embedding_weights, sparse_ids,
   if sparse_weights is not None and sparse_weights.dtype != params.dtype:
     raise ValueError(
         "sparse_weights have dtype %s but the embedding table is %s; "
-        "safe_embedding_lookup_sparse needs them equal (cast the weights)" %
-        (sparse_weights.dtype.name, params.dtype.name))
+        "safe_embedding_lookup_sparse needs them equal (cast the weights)"
+        % (sparse_weights.dtype.name, params.dtype.name)
+    )
   if isinstance(sparse_ids, tf.RaggedTensor):
-    if sparse_weights is not None and not isinstance(sparse_weights,
-                                                     tf.RaggedTensor):
-      raise TypeError("sparse_weights must be None or a RaggedTensor like "
-                      "sparse_ids, got %s" % type(sparse_weights).__name__)
+    if sparse_weights is not None and not isinstance(
+        sparse_weights, tf.RaggedTensor
+    ):
+      raise TypeError(
+          "sparse_weights must be None or a RaggedTensor like "
+          "sparse_ids, got %s" % type(sparse_weights).__name__
+      )
     _ragged_bags(sparse_ids, "sparse_ids")
     sparse_ids = sparse_ids.to_sparse()
     if sparse_weights is not None:
       _ragged_bags(sparse_weights, "sparse_weights")
       sparse_weights = sparse_weights.to_sparse()
-  return pooled_lookup(params, sparse_ids, sparse_weights,
-                       combiner=combiner, default_id=default_id,
-                       max_norm=max_norm, prune_ids=True,
-                       name=name or "multihash_safe_embedding_lookup_sparse")
+  return pooled_lookup(
+      params,
+      sparse_ids,
+      sparse_weights,
+      combiner=combiner,
+      default_id=default_id,
+      max_norm=max_norm,
+      prune_ids=True,
+      name=name or "multihash_safe_embedding_lookup_sparse",
+  )
 
 
-def pooled_lookup(params, sparse_ids, sparse_weights, combiner, default_id,
-                  max_norm, prune_ids, name):
+def pooled_lookup(
+    params,
+    sparse_ids,
+    sparse_weights,
+    combiner,
+    default_id,
+    max_norm,
+    prune_ids,
+    name,
+):
   """Pools bags of ids of any rank (the last dimension holds the bag).
 
   As TensorFlow's safe lookup: ids whose weight is not positive are dropped
@@ -249,29 +299,37 @@ def pooled_lookup(params, sparse_ids, sparse_weights, combiner, default_id,
     batch_shape = original_shape[:-1]
     flat_shape = tf.stack([tf.reduce_prod(batch_shape), original_shape[-1]])
     sparse_ids = tf.sparse.reshape(sparse_ids, flat_shape)
-    keep = (sparse_ids.values >= 0 if prune_ids
-            else tf.ones_like(sparse_ids.values, dtype=tf.bool))
+    keep = (
+        sparse_ids.values >= 0
+        if prune_ids
+        else tf.ones_like(sparse_ids.values, dtype=tf.bool)
+    )
     if sparse_weights is not None:
       sparse_weights = tf.sparse.reshape(sparse_weights, flat_shape)
       if combiner != "sum":
         keep = tf.logical_and(keep, sparse_weights.values > 0)
       sparse_weights = tf.sparse.retain(sparse_weights, keep)
     sparse_ids = tf.sparse.retain(sparse_ids, keep)
-    result = embedding_lookup_sparse(params, sparse_ids,
-                                     sparse_weights, combiner=combiner,
-                                     max_norm=max_norm)
+    result = embedding_lookup_sparse(
+        params, sparse_ids, sparse_weights, combiner=combiner, max_norm=max_norm
+    )
     if default_id is not None:
       counts = tf.math.unsorted_segment_sum(
           tf.ones_like(sparse_ids.values, dtype=tf.int32),
-          sparse_ids.indices[:, 0], flat_shape[0])
+          sparse_ids.indices[:, 0],
+          flat_shape[0],
+      )
       default = embedding_lookup(
           params,
           tf.constant(default_id, dtype=sparse_ids.values.dtype),
-          max_norm=max_norm)
-      result = tf.where(tf.expand_dims(counts > 0, -1), result,
-                        tf.broadcast_to(default, tf.shape(result)))
-    out_shape = tf.concat(
-        [batch_shape, [params.embedding_dim]], axis=0)
+          max_norm=max_norm,
+      )
+      result = tf.where(
+          tf.expand_dims(counts > 0, -1),
+          result,
+          tf.broadcast_to(default, tf.shape(result)),
+      )
+    out_shape = tf.concat([batch_shape, [params.embedding_dim]], axis=0)
     result = tf.reshape(result, out_shape)
     result.set_shape(static_batch.concatenate([params.embedding_dim]))
     return result

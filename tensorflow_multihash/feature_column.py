@@ -31,6 +31,7 @@ def _table_variables(num_tables):
     return ("embedding_weights_q", "embedding_weights_r")
   return tuple("embedding_weights_%d" % j for j in range(num_tables))
 
+
 # pylint: disable=protected-access
 
 
@@ -40,9 +41,20 @@ class MultiHashCategoricalColumn(
     fc_old._CategoricalColumn,
     collections.namedtuple(
         "MultiHashCategoricalColumn",
-        ("key", "dims", "complementary_strategy", "operation", "dtype",
-         "partition_num", "out_of_range", "hash_strings", "deeprec_mapping"),
-        defaults=("error", False, False))):
+        (
+            "key",
+            "dims",
+            "complementary_strategy",
+            "operation",
+            "dtype",
+            "partition_num",
+            "out_of_range",
+            "hash_strings",
+            "deeprec_mapping",
+        ),
+        defaults=("error", False, False),
+    ),
+):
   """Integer ids in [0, prod(dims)) (or strings hashed into that range); see
   `categorical_column_with_multihash`."""
 
@@ -71,34 +83,45 @@ class MultiHashCategoricalColumn(
     elif not values.dtype.is_integer:
       raise ValueError(
           "categorical_column_with_multihash %r needs integer ids, got dtype "
-          "%s%s" % (self.key, input_tensor.dtype.name,
-                    "; pass hash_strings=True to hash strings"
-                    if values.dtype == tf.string else ""))
+          "%s%s"
+          % (
+              self.key,
+              input_tensor.dtype.name,
+              "; pass hash_strings=True to hash strings"
+              if values.dtype == tf.string
+              else "",
+          )
+      )
     if values.dtype == tf.uint64 and self.out_of_range == "wrap":
       # Unsigned arithmetic: as int64, 2**64 - 1 would be -1.
-      values = tf.math.floormod(values,
-                                tf.constant(self.num_buckets, tf.uint64))
+      values = tf.math.floormod(
+          values, tf.constant(self.num_buckets, tf.uint64)
+      )
     if values.dtype != tf.int64:
       values = tf.cast(values, tf.int64)
     if self.out_of_range == "wrap":
       values = multihash_ops.wrap_ids(values, self.num_buckets)
-    return tf.SparseTensor(input_tensor.indices, values,
-                           input_tensor.dense_shape)
+    return tf.SparseTensor(
+        input_tensor.indices, values, input_tensor.dense_shape
+    )
 
   def transform_feature(self, transformation_cache, state_manager):
     return self._transform_input_tensor(
         fc2._to_sparse_input_and_drop_ignore_values(
-            transformation_cache.get(self.key, state_manager)))
+            transformation_cache.get(self.key, state_manager)
+        )
+    )
 
   def _transform_feature(self, inputs):
     return self._transform_input_tensor(
-        fc2._to_sparse_input_and_drop_ignore_values(inputs.get(self.key)))
+        fc2._to_sparse_input_and_drop_ignore_values(inputs.get(self.key))
+    )
 
   @property
   def num_buckets(self):
-    return multihash_ops.capacity_of(list(self.dims),
-                                     self.complementary_strategy,
-                                     self.deeprec_mapping)
+    return multihash_ops.capacity_of(
+        list(self.dims), self.complementary_strategy, self.deeprec_mapping
+    )
 
   @property
   def _num_buckets(self):
@@ -106,10 +129,12 @@ class MultiHashCategoricalColumn(
 
   def get_sparse_tensors(self, transformation_cache, state_manager):
     return fc2.CategoricalColumn.IdWeightPair(
-        transformation_cache.get(self, state_manager), None)
+        transformation_cache.get(self, state_manager), None
+    )
 
-  def _get_sparse_tensors(self, inputs, weight_collections=None,
-                          trainable=None):
+  def _get_sparse_tensors(
+      self, inputs, weight_collections=None, trainable=None
+  ):
     del weight_collections, trainable
     return fc2.CategoricalColumn.IdWeightPair(inputs.get(self), None)
 
@@ -131,11 +156,17 @@ class MultiHashCategoricalColumn(
     return cls(**kwargs)
 
 
-def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
-                                      operation="concat", dtype=tf.int64,
-                                      partition_num=None, out_of_range="error",
-                                      hash_strings=False,
-                                      deeprec_mapping=None):
+def categorical_column_with_multihash(
+    key,
+    dims,
+    complementary_strategy="Q-R",
+    operation="concat",
+    dtype=tf.int64,
+    partition_num=None,
+    out_of_range="error",
+    hash_strings=False,
+    deeprec_mapping=None,
+):
   """A categorical column of integer ids for a multi-hash embedding.
 
   Args:
@@ -171,31 +202,46 @@ def categorical_column_with_multihash(key, dims, complementary_strategy="Q-R",
   if not isinstance(key, str) or not key:
     raise ValueError("key must be a non-empty string, got %r" % (key,))
   if not isinstance(dims, (list, tuple)) or len(dims) < 2:
-    raise ValueError("dims must be a pair (rows_Q, rows_R), or one row count "
-                     "per table, got %r" % (dims,))
-  pairs, operation = validate_config([[d, 1] for d in dims], len(dims),
-                                     complementary_strategy, operation)
+    raise ValueError(
+        "dims must be a pair (rows_Q, rows_R), or one row count "
+        "per table, got %r" % (dims,)
+    )
+  pairs, operation = validate_config(
+      [[d, 1] for d in dims], len(dims), complementary_strategy, operation
+  )
   multihash_ops.check_out_of_range(out_of_range)
   deeprec_mapping = resolve_deeprec_mapping(
-      deeprec_mapping, complementary_strategy, len(pairs))
+      deeprec_mapping, complementary_strategy, len(pairs)
+  )
   if not isinstance(hash_strings, bool):
-    raise ValueError("hash_strings must be True or False, got %r" %
-                     (hash_strings,))
+    raise ValueError(
+        "hash_strings must be True or False, got %r" % (hash_strings,)
+    )
   dtype = tf.as_dtype(dtype)
   if not (dtype.is_integer or (dtype == tf.string and hash_strings)):
-    raise ValueError("categorical_column_with_multihash needs an integer "
-                     "dtype (or tf.string with hash_strings=True), got %s" %
-                     dtype.name)
+    raise ValueError(
+        "categorical_column_with_multihash needs an integer "
+        "dtype (or tf.string with hash_strings=True), got %s" % dtype.name
+    )
   if partition_num is not None and (
-      isinstance(partition_num, bool) or not isinstance(partition_num, int)
-      or partition_num <= 0):
-    raise ValueError("partition_num must be a positive integer, got %r" %
-                     (partition_num,))
+      isinstance(partition_num, bool)
+      or not isinstance(partition_num, int)
+      or partition_num <= 0
+  ):
+    raise ValueError(
+        "partition_num must be a positive integer, got %r" % (partition_num,)
+    )
   return MultiHashCategoricalColumn(
-      key=key, dims=tuple(rows for rows, _ in pairs),
-      complementary_strategy=complementary_strategy, operation=operation,
-      dtype=dtype, partition_num=partition_num, out_of_range=out_of_range,
-      hash_strings=hash_strings, deeprec_mapping=deeprec_mapping)
+      key=key,
+      dims=tuple(rows for rows, _ in pairs),
+      complementary_strategy=complementary_strategy,
+      operation=operation,
+      dtype=dtype,
+      partition_num=partition_num,
+      out_of_range=out_of_range,
+      hash_strings=hash_strings,
+      deeprec_mapping=deeprec_mapping,
+  )
 
 
 def multihash_column_of(categorical_column):
@@ -215,8 +261,16 @@ class MultiHashEmbeddingColumn(
     fc_old._DenseColumn,
     collections.namedtuple(
         "MultiHashEmbeddingColumn",
-        ("categorical_column", "dimension", "combiner", "initializer",
-         "max_norm", "trainable"))):
+        (
+            "categorical_column",
+            "dimension",
+            "combiner",
+            "initializer",
+            "max_norm",
+            "trainable",
+        ),
+    ),
+):
   """Dense embeddings of a multi-hash categorical column; see
   `embedding_column`."""
 
@@ -248,8 +302,10 @@ class MultiHashEmbeddingColumn(
 
   @property
   def _dims(self):
-    return [[rows, width]
-            for rows, width in zip(self._multihash.dims, self.dimension)]
+    return [
+        [rows, width]
+        for rows, width in zip(self._multihash.dims, self.dimension)
+    ]
 
   @property
   def _table_names(self):
@@ -272,52 +328,82 @@ class MultiHashEmbeddingColumn(
     if self.initializer is not None:
       return self.initializer
     return tf.compat.v1.truncated_normal_initializer(
-        stddev=1.0 / math.sqrt(self._out_width))
+        stddev=1.0 / math.sqrt(self._out_width)
+    )
 
   def create_state(self, state_manager):
     for name, shape in zip(self._table_names, self._dims):
       state_manager.create_variable(
-          self, name=name, shape=shape, dtype=tf.float32,
-          trainable=self.trainable, use_resource=True,
-          initializer=self._initializer())
+          self,
+          name=name,
+          shape=shape,
+          dtype=tf.float32,
+          trainable=self.trainable,
+          use_resource=True,
+          initializer=self._initializer(),
+      )
 
   def _lookup(self, sparse_tensors, tables):
     column = self._multihash
     # The categorical column has already wrapped ids if asked to.
     params = MultiHashVariable(
-        self.name, self._dims, len(self._dims), column.complementary_strategy,
-        column.operation, tf.float32, tables,
-        deeprec_mapping=column.deeprec_mapping)
+        self.name,
+        self._dims,
+        len(self._dims),
+        column.complementary_strategy,
+        column.operation,
+        tf.float32,
+        tables,
+        deeprec_mapping=column.deeprec_mapping,
+    )
     # A negative id is an error, as for the variable's lookups (dense
     # inputs' -1 padding was already dropped by the categorical column).
     return embedding_ops.pooled_lookup(
-        params, sparse_tensors.id_tensor, sparse_tensors.weight_tensor,
-        combiner=self.combiner, default_id=None, max_norm=self.max_norm,
-        prune_ids=False, name="%s_weights" % self.name)
+        params,
+        sparse_tensors.id_tensor,
+        sparse_tensors.weight_tensor,
+        combiner=self.combiner,
+        default_id=None,
+        max_norm=self.max_norm,
+        prune_ids=False,
+        name="%s_weights" % self.name,
+    )
 
   def get_dense_tensor(self, transformation_cache, state_manager):
     sparse_tensors = self.categorical_column.get_sparse_tensors(
-        transformation_cache, state_manager)
-    tables = [state_manager.get_variable(self, name=name)
-              for name in self._table_names]
+        transformation_cache, state_manager
+    )
+    tables = [
+        state_manager.get_variable(self, name=name)
+        for name in self._table_names
+    ]
     return self._lookup(sparse_tensors, tables)
 
-  def _get_dense_tensor(self, inputs, weight_collections=None,
-                        trainable=None):
+  def _get_dense_tensor(self, inputs, weight_collections=None, trainable=None):
     sparse_tensors = self.categorical_column._get_sparse_tensors(
-        inputs, weight_collections, trainable)
-    if (weight_collections and
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES not in weight_collections):
+        inputs, weight_collections, trainable
+    )
+    if (
+        weight_collections
+        and tf.compat.v1.GraphKeys.GLOBAL_VARIABLES not in weight_collections
+    ):
       weight_collections.append(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
     partition_num = self._multihash.partition_num
-    partitioner = (tf.compat.v1.fixed_size_partitioner(partition_num)
-                   if partition_num else None)
+    partitioner = (
+        tf.compat.v1.fixed_size_partitioner(partition_num)
+        if partition_num
+        else None
+    )
     tables = [
         tf.compat.v1.get_variable(
-            name=name, shape=shape, dtype=tf.float32,
+            name=name,
+            shape=shape,
+            dtype=tf.float32,
             initializer=self._initializer(),
             trainable=self.trainable and trainable is not False,
-            collections=weight_collections, partitioner=partitioner)
+            collections=weight_collections,
+            partitioner=partitioner,
+        )
         for name, shape in zip(self._table_names, self._dims)
     ]
     return self._lookup(sparse_tensors, tables)
@@ -329,24 +415,34 @@ class MultiHashEmbeddingColumn(
   def get_config(self):
     config = dict(zip(self._fields, self))
     config["categorical_column"] = serialization.serialize_feature_column(
-        self.categorical_column)
+        self.categorical_column
+    )
     config["initializer"] = serialization._serialize_keras_object(
-        self.initializer)
+        self.initializer
+    )
     return config
 
   @classmethod
   def from_config(cls, config, custom_objects=None, columns_by_name=None):
     kwargs = dict(config)
     kwargs["categorical_column"] = serialization.deserialize_feature_column(
-        config["categorical_column"], custom_objects, columns_by_name)
+        config["categorical_column"], custom_objects, columns_by_name
+    )
     kwargs["initializer"] = serialization._deserialize_keras_object(
-        config["initializer"], module_objects={}, custom_objects=custom_objects)
+        config["initializer"], module_objects={}, custom_objects=custom_objects
+    )
     kwargs["dimension"] = tuple(kwargs["dimension"])
     return cls(**kwargs)
 
 
-def embedding_column(categorical_column, dimension, combiner="mean",
-                     initializer=None, max_norm=None, trainable=True):
+def embedding_column(
+    categorical_column,
+    dimension,
+    combiner="mean",
+    initializer=None,
+    max_norm=None,
+    trainable=True,
+):
   """Embeddings of a multi-hash categorical column.
 
   Args:
@@ -375,29 +471,53 @@ def embedding_column(categorical_column, dimension, combiner="mean",
   if column is None:
     raise ValueError(
         "categorical_column must be a categorical_column_with_multihash (or "
-        "a weighted column of one), got %r" % (categorical_column,))
+        "a weighted column of one), got %r" % (categorical_column,)
+    )
   k = len(column.dims)
-  if (column.operation != "concat" and not isinstance(dimension, bool) and
-      isinstance(dimension, int)):
+  if (
+      column.operation != "concat"
+      and not isinstance(dimension, bool)
+      and isinstance(dimension, int)
+  ):
     dimension = (dimension,) * k
-  if (not isinstance(dimension, (list, tuple)) or len(dimension) != k or
-      any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
-          for d in dimension)):
-    what = ("a pair (width_Q, width_R)" if k == 2 else
-            "%d widths, one per table," % k)
-    raise ValueError("MultiHashVariable dimension error: dimension must be "
-                     "%s of positive integers, got %r" % (what, dimension))
-  validate_config([[rows, width] for rows, width in zip(column.dims,
-                                                          dimension)], k,
-                  column.complementary_strategy, column.operation)
+  if (
+      not isinstance(dimension, (list, tuple))
+      or len(dimension) != k
+      or any(
+          isinstance(d, bool) or not isinstance(d, int) or d <= 0
+          for d in dimension
+      )
+  ):
+    what = (
+        "a pair (width_Q, width_R)"
+        if k == 2
+        else "%d widths, one per table," % k
+    )
+    raise ValueError(
+        "MultiHashVariable dimension error: dimension must be "
+        "%s of positive integers, got %r" % (what, dimension)
+    )
+  validate_config(
+      [[rows, width] for rows, width in zip(column.dims, dimension)],
+      k,
+      column.complementary_strategy,
+      column.operation,
+  )
   if combiner not in embedding_ops.COMBINERS:
-    raise ValueError("combiner must be one of %s, got %r" %
-                     (", ".join(embedding_ops.COMBINERS), combiner))
+    raise ValueError(
+        "combiner must be one of %s, got %r"
+        % (", ".join(embedding_ops.COMBINERS), combiner)
+    )
   if initializer is not None and not callable(initializer):
     raise ValueError("initializer must be callable, got %r" % (initializer,))
   return MultiHashEmbeddingColumn(
-      categorical_column=categorical_column, dimension=tuple(dimension),
-      combiner=combiner, initializer=initializer, max_norm=max_norm,
-      trainable=trainable)
+      categorical_column=categorical_column,
+      dimension=tuple(dimension),
+      combiner=combiner,
+      initializer=initializer,
+      max_norm=max_norm,
+      trainable=trainable,
+  )
+
 
 # pylint: enable=protected-access

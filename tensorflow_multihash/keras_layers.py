@@ -31,8 +31,9 @@ from tensorflow_multihash import xla_lookup
 
 if int(keras.__version__.split(".")[0]) < 3:
   raise ImportError(
-      "tensorflow_multihash.keras needs Keras 3, found keras %s" %
-      keras.__version__)
+      "tensorflow_multihash.keras needs Keras 3, found keras %s"
+      % keras.__version__
+  )
 
 # `keras.layers.Embedding`'s default initializer is uniform in
 # [-0.05, 0.05]: its output's standard deviation is 0.05 / sqrt(3).
@@ -47,10 +48,14 @@ def _count(value, arg_name):
     return None
   if isinstance(value, float) and value.is_integer():
     value = int(value)
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
-      value <= 0):
-    raise ValueError("%s must be a positive integer, got %r" %
-                     (arg_name, value))
+  if (
+      isinstance(value, bool)
+      or not isinstance(value, numbers.Integral)
+      or value <= 0
+  ):
+    raise ValueError(
+        "%s must be a positive integer, got %r" % (arg_name, value)
+    )
   return int(value)
 
 
@@ -186,106 +191,129 @@ class MultiHashEmbedding(keras.layers.Layer):
   Output: `inputs.shape + [output_dim]`, in the layer's compute dtype.
   """
 
-  def __init__(self,
-               input_dim=None,
-               output_dim=None,
-               embeddings_initializer=None,
-               embeddings_regularizer=None,
-               embeddings_constraint=None,
-               mask_zero=False,
-               *,
-               num_ids=None,
-               dims=None,
-               num_collisions=None,
-               operation="mul",
-               complementary_strategy="Q-R",
-               num_of_partitions=None,
-               out_of_range="error",
-               hash_strings=False,
-               **kwargs):
+  def __init__(
+      self,
+      input_dim=None,
+      output_dim=None,
+      embeddings_initializer=None,
+      embeddings_regularizer=None,
+      embeddings_constraint=None,
+      mask_zero=False,
+      *,
+      num_ids=None,
+      dims=None,
+      num_collisions=None,
+      operation="mul",
+      complementary_strategy="Q-R",
+      num_of_partitions=None,
+      out_of_range="error",
+      hash_strings=False,
+      **kwargs,
+  ):
     for arg in ("weights", "lora_rank", "lora_alpha"):
       if kwargs.get(arg) is not None:
         raise ValueError(
             "MultiHashEmbedding has no %s argument (a keras.layers.Embedding "
             "argument for one full [input_dim, output_dim] matrix); set the "
             "small tables with layer.set_weights([...]) after build, got "
-            "%s=%r" % (arg, arg, kwargs[arg]))
+            "%s=%r" % (arg, arg, kwargs[arg])
+        )
       kwargs.pop(arg, None)
     if kwargs.pop("input_length", None) is not None:
-      warnings.warn("Argument `input_length` is deprecated (as in "
-                    "keras.layers.Embedding). Just remove it.", stacklevel=2)
+      warnings.warn(
+          "Argument `input_length` is deprecated (as in "
+          "keras.layers.Embedding). Just remove it.",
+          stacklevel=2,
+      )
     super().__init__(**kwargs)
     operation = multihash_ops.canonical_operation(operation)
     multihash_ops.check_strategy(complementary_strategy)
     multihash_ops.check_out_of_range(out_of_range)
     if not isinstance(hash_strings, bool):
-      raise ValueError("hash_strings must be True or False, got %r" %
-                       (hash_strings,))
+      raise ValueError(
+          "hash_strings must be True or False, got %r" % (hash_strings,)
+      )
     input_dim = _count(input_dim, "input_dim")
     num_ids = _count(num_ids, "num_ids")
     if input_dim is not None and num_ids is not None and input_dim != num_ids:
       raise ValueError(
           "input_dim and num_ids are two names of one argument (the number "
-          "of ids); give one, got input_dim=%r and num_ids=%r" %
-          (input_dim, num_ids))
+          "of ids); give one, got input_dim=%r and num_ids=%r"
+          % (input_dim, num_ids)
+      )
     num_ids = num_ids if num_ids is not None else input_dim
     output_dim = _count(output_dim, "output_dim")
     if num_ids is not None and num_ids > variable_lib.MAX_CAPACITY:
-      raise ValueError("input_dim (num_ids) must be at most 2**63 - 1 (ids "
-                       "are int64), got %d" % num_ids)
+      raise ValueError(
+          "input_dim (num_ids) must be at most 2**63 - 1 (ids "
+          "are int64), got %d" % num_ids
+      )
 
     if dims is None:
       if num_ids is None or output_dim is None:
         raise ValueError(
             "MultiHashEmbedding needs input_dim (or num_ids) and output_dim, "
-            "or dims; got input_dim=%r, output_dim=%r, dims=None" %
-            (num_ids, output_dim))
+            "or dims; got input_dim=%r, output_dim=%r, dims=None"
+            % (num_ids, output_dim)
+        )
       from tensorflow_multihash import sizing  # pylint: disable=g-import-not-at-top
+
       dims = sizing.multihash_dims(
-          num_ids, output_dim,
-          num_of_partitions=2 if num_of_partitions is None
+          num_ids,
+          output_dim,
+          num_of_partitions=2
+          if num_of_partitions is None
           else num_of_partitions,
           complementary_strategy=complementary_strategy,
-          operation=operation, num_collisions=num_collisions)
+          operation=operation,
+          num_collisions=num_collisions,
+      )
     elif num_collisions is not None:
-      raise ValueError("num_collisions sizes the tables from input_dim; it "
-                       "cannot be combined with dims, got num_collisions=%r"
-                       % (num_collisions,))
+      raise ValueError(
+          "num_collisions sizes the tables from input_dim; it "
+          "cannot be combined with dims, got num_collisions=%r"
+          % (num_collisions,)
+      )
     if num_of_partitions is None:
       num_of_partitions = len(dims) if isinstance(dims, (list, tuple)) else 2
     dims, operation = variable_lib.validate_config(
-        dims, num_of_partitions, complementary_strategy, operation)
+        dims, num_of_partitions, complementary_strategy, operation
+    )
 
     widths = [w for _, w in dims]
     width = sum(widths) if operation == "concat" else widths[0]
     if output_dim is not None and output_dim != width:
-      raise ValueError("output_dim=%r does not match dims %s, whose output "
-                       "width for %r is %d" % (output_dim, dims, operation,
-                                               width))
-    capacity = multihash_ops.capacity_of([r for r, _ in dims],
-                                         complementary_strategy)
-    if (num_ids is not None and out_of_range == "error" and
-        num_ids > capacity):
+      raise ValueError(
+          "output_dim=%r does not match dims %s, whose output "
+          "width for %r is %d" % (output_dim, dims, operation, width)
+      )
+    capacity = multihash_ops.capacity_of(
+        [r for r, _ in dims], complementary_strategy
+    )
+    if num_ids is not None and out_of_range == "error" and num_ids > capacity:
       raise ValueError(
           "input_dim (num_ids) %d exceeds the capacity %d of dims %s; give "
-          "bigger dims or out_of_range=\"wrap\"" % (num_ids, capacity, dims))
+          'bigger dims or out_of_range="wrap"' % (num_ids, capacity, dims)
+      )
 
     self._initializer_arg = embeddings_initializer
     if embeddings_initializer is None:
       initializers = [
           keras.initializers.RandomUniform(-a, a)
-          for a in default_initializer_limits(operation, len(dims))]
+          for a in default_initializer_limits(operation, len(dims))
+      ]
     elif isinstance(embeddings_initializer, (list, tuple)):
       if len(embeddings_initializer) != len(dims):
         raise ValueError(
             "embeddings_initializer must be one initializer or a list of %d "
-            "(one per table), got a list of %d" %
-            (len(dims), len(embeddings_initializer)))
-      initializers = [keras.initializers.get(i)
-                      for i in embeddings_initializer]
+            "(one per table), got a list of %d"
+            % (len(dims), len(embeddings_initializer))
+        )
+      initializers = [keras.initializers.get(i) for i in embeddings_initializer]
     else:
       initializers = [keras.initializers.get(embeddings_initializer)] * len(
-          dims)
+          dims
+      )
     self._initializers = initializers
 
     self.num_ids = num_ids
@@ -296,8 +324,7 @@ class MultiHashEmbedding(keras.layers.Layer):
     self.complementary_strategy = complementary_strategy
     self.out_of_range = out_of_range
     self.hash_strings = hash_strings
-    self.embeddings_regularizer = keras.regularizers.get(
-        embeddings_regularizer)
+    self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
     self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
     self.mask_zero = mask_zero
     self.supports_masking = mask_zero
@@ -324,8 +351,9 @@ class MultiHashEmbedding(keras.layers.Layer):
   def embeddings_initializer(self):
     """The initializer of every table, or the list of them when they
     differ (always a list for the default, which scales per table)."""
-    if self._initializer_arg is None or isinstance(self._initializer_arg,
-                                                   (list, tuple)):
+    if self._initializer_arg is None or isinstance(
+        self._initializer_arg, (list, tuple)
+    ):
       return list(self._initializers)
     return self._initializers[0]
 
@@ -339,16 +367,25 @@ class MultiHashEmbedding(keras.layers.Layer):
   def build(self, input_shape=None):
     if self.built:
       return
-    for (rows, width), init, name in zip(self.dims, self._initializers,
-                                         self._table_names):
+    for (rows, width), init, name in zip(
+        self.dims, self._initializers, self._table_names
+    ):
       # An attribute, not a list entry: TensorFlow's checkpointing (and so
       # tf.train.Checkpoint, BackupAndRestore and SavedModel) tracks
       # variables held in attributes only, and a checkpoint restored before
       # build is applied here, as each table is assigned.
-      setattr(self, name, self.add_weight(
-          shape=(rows, width), initializer=init, name=name,
-          regularizer=self.embeddings_regularizer,
-          constraint=self.embeddings_constraint, trainable=True))
+      setattr(
+          self,
+          name,
+          self.add_weight(
+              shape=(rows, width),
+              initializer=init,
+              name=name,
+              regularizer=self.embeddings_regularizer,
+              constraint=self.embeddings_constraint,
+              trainable=True,
+          ),
+      )
     self.built = True
 
   def _handle_deferred_dependencies(self, name, trackable):
@@ -361,16 +398,22 @@ class MultiHashEmbedding(keras.layers.Layer):
     table's restore waits for `call` (as TensorFlow's own deferred restore,
     it then runs eagerly, lifted out of any graph being traced).
     """
-    if (name in self._table_names and name in self._deferred_dependencies
-        and getattr(trackable, "_value", True) is None):
+    if (
+        name in self._table_names
+        and name in self._deferred_dependencies
+        and getattr(trackable, "_value", True) is None
+    ):
       self._pending_restores.add(name)
       return
     with tf.init_scope():  # a restore inside a traced graph would not run
       super()._handle_deferred_dependencies(name, trackable)
 
   def _restore_pending(self):
-    names = [n for n in sorted(self._pending_restores)
-             if getattr(getattr(self, n), "_value", None) is not None]
+    names = [
+        n
+        for n in sorted(self._pending_restores)
+        if getattr(getattr(self, n), "_value", None) is not None
+    ]
     if not names:
       return
     with tf.init_scope():
@@ -392,20 +435,25 @@ class MultiHashEmbedding(keras.layers.Layer):
     invalid rows `call` sets to NaN.
     """
     if isinstance(inputs, (tf.SparseTensor, tf.RaggedTensor)):
-      raise TypeError("MultiHashEmbedding takes dense ids, got a %s as "
-                      "inputs" % type(inputs).__name__)
+      raise TypeError(
+          "MultiHashEmbedding takes dense ids, got a %s as "
+          "inputs" % type(inputs).__name__
+      )
     ids = inputs if tf.is_tensor(inputs) else tf.convert_to_tensor(inputs)
     if ids.dtype == tf.string:
       if not self.hash_strings:
         raise TypeError(
             "MultiHashEmbedding got string ids; pass hash_strings=True to "
             "hash them into the tables, or map them to integers first (for "
-            "example with keras.layers.Hashing or keras.layers.StringLookup)")
+            "example with keras.layers.Hashing or keras.layers.StringLookup)"
+        )
       return tf.strings.to_hash_bucket_fast(ids, self._hash_buckets()), None
     if not ids.dtype.is_integer:
-      raise TypeError("MultiHashEmbedding inputs must be integer ids%s, got "
-                      "dtype %s" % (" or strings" if self.hash_strings
-                                    else "", ids.dtype.name))
+      raise TypeError(
+          "MultiHashEmbedding inputs must be integer ids%s, got "
+          "dtype %s"
+          % (" or strings" if self.hash_strings else "", ids.dtype.name)
+      )
     if self.out_of_range == "wrap":
       if ids.dtype == tf.uint64:
         # Unsigned arithmetic: as int64, 2**64 - 1 would be -1.
@@ -429,23 +477,28 @@ class MultiHashEmbedding(keras.layers.Layer):
     all_valid = tf.reduce_all(flat_valid)
 
     def message():
-      first_bad = tf.gather(flat_ids,
-                            tf.argmin(tf.cast(flat_valid, tf.int32)))
+      first_bad = tf.gather(flat_ids, tf.argmin(tf.cast(flat_valid, tf.int32)))
       return tf.strings.format(
           "MultiHashEmbedding %s: id {} is outside the valid range [0, %d) "
-          "(%s=%d); pass out_of_range=\"wrap\" to fold ids into the "
-          "capacity of the tables, %d" % (
-              self.name, bound,
+          '(%s=%d); pass out_of_range="wrap" to fold ids into the '
+          "capacity of the tables, %d"
+          % (
+              self.name,
+              bound,
               "input_dim" if self.num_ids is not None else "capacity",
-              bound, self.capacity), [first_bad])
+              bound,
+              self.capacity,
+          ),
+          [first_bad],
+      )
 
     if tf.executing_eagerly():
       if not all_valid:
-        raise tf.errors.InvalidArgumentError(None, None,
-                                             message().numpy().decode())
+        raise tf.errors.InvalidArgumentError(
+            None, None, message().numpy().decode()
+        )
       return ids
-    with tf.control_dependencies(
-        [tf.debugging.Assert(all_valid, [message()])]):
+    with tf.control_dependencies([tf.debugging.Assert(all_valid, [message()])]):
       return tf.identity(ids)
 
   def call(self, inputs):
@@ -457,9 +510,12 @@ class MultiHashEmbedding(keras.layers.Layer):
     # records the read, so the gradient reaches the Keras weight.
     tables = [w.value for w in self.tables]
     out = multihash_ops.multihash_lookup(
-        tables, ids, operation=self.operation,
+        tables,
+        ids,
+        operation=self.operation,
         complementary_strategy=self.complementary_strategy,
-        out_of_range=self.out_of_range)
+        out_of_range=self.out_of_range,
+    )
     if valid is not None:
       out = xla_lookup.nan_where_invalid(out, valid)
     if out.dtype != self.compute_dtype:
@@ -477,8 +533,9 @@ class MultiHashEmbedding(keras.layers.Layer):
     return (*input_shape, self.output_dim)
 
   def compute_output_spec(self, inputs):
-    return keras.KerasTensor(self.compute_output_shape(inputs.shape),
-                             dtype=self.compute_dtype)
+    return keras.KerasTensor(
+        self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+    )
 
   def get_config(self):
     """The layer's config; dims are stored resolved, so a reload never
@@ -491,18 +548,22 @@ class MultiHashEmbedding(keras.layers.Layer):
       init = [keras.initializers.serialize(i) for i in self._initializers]
     else:
       init = keras.initializers.serialize(self._initializers[0])
-    config.update({
-        "num_ids": self.num_ids,
-        "dims": [list(d) for d in self.dims],
-        "operation": self.operation,
-        "complementary_strategy": self.complementary_strategy,
-        "out_of_range": self.out_of_range,
-        "hash_strings": self.hash_strings,
-        "embeddings_initializer": init,
-        "embeddings_regularizer": keras.regularizers.serialize(
-            self.embeddings_regularizer),
-        "embeddings_constraint": keras.constraints.serialize(
-            self.embeddings_constraint),
-        "mask_zero": self.mask_zero,
-    })
+    config.update(
+        {
+            "num_ids": self.num_ids,
+            "dims": [list(d) for d in self.dims],
+            "operation": self.operation,
+            "complementary_strategy": self.complementary_strategy,
+            "out_of_range": self.out_of_range,
+            "hash_strings": self.hash_strings,
+            "embeddings_initializer": init,
+            "embeddings_regularizer": keras.regularizers.serialize(
+                self.embeddings_regularizer
+            ),
+            "embeddings_constraint": keras.constraints.serialize(
+                self.embeddings_constraint
+            ),
+            "mask_zero": self.mask_zero,
+        }
+    )
     return config

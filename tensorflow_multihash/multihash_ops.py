@@ -41,14 +41,14 @@ def _is_one_of(value, choices):
 
 
 def canonical_operation(operation):
-  """"add", "mul" (or its alias "mult") or "concat"; else ValueError."""
+  """Returns "add", "mul" (also for its alias "mult") or "concat", else raises."""
   if _is_one_of(operation, _OPERATION_ALIASES):
     return _OPERATION_ALIASES[operation]
   if not _is_one_of(operation, OPERATIONS):
     raise ValueError(
         "The operation %s is not supported; operation must be one of %s "
-        "(\"mult\" is accepted as \"mul\")" % (operation,
-                                               _choices(OPERATIONS)))
+        '("mult" is accepted as "mul")' % (operation, _choices(OPERATIONS))
+    )
   return operation
 
 
@@ -56,14 +56,17 @@ def check_strategy(strategy):
   if not _is_one_of(strategy, STRATEGIES):
     raise ValueError(
         "The strategy %s is not supported; complementary_strategy must be "
-        "one of %s" % (strategy, _choices(STRATEGIES)))
+        "one of %s" % (strategy, _choices(STRATEGIES))
+    )
   return strategy
 
 
 def check_out_of_range(out_of_range):
   if not _is_one_of(out_of_range, OUT_OF_RANGE):
-    raise ValueError("out_of_range must be one of %s, got %r" %
-                     (_choices(OUT_OF_RANGE), out_of_range))
+    raise ValueError(
+        "out_of_range must be one of %s, got %r"
+        % (_choices(OUT_OF_RANGE), out_of_range)
+    )
   return out_of_range
 
 
@@ -77,13 +80,14 @@ def check_deeprec_mapping(deeprec_mapping, strategy, num_tables):
     ValueError: not a bool, or True with another strategy or k != 2.
   """
   if not isinstance(deeprec_mapping, bool):
-    raise ValueError("deeprec_mapping must be True or False, got %r" %
-                     (deeprec_mapping,))
+    raise ValueError(
+        "deeprec_mapping must be True or False, got %r" % (deeprec_mapping,)
+    )
   if deeprec_mapping and (strategy != "Q-R" or num_tables != 2):
     raise ValueError(
-        "deeprec_mapping=True is DeepRec's mapping of k = 2 \"Q-R\" tables, "
-        "got complementary_strategy=%r with %d tables" %
-        (strategy, num_tables))
+        'deeprec_mapping=True is DeepRec\'s mapping of k = 2 "Q-R" tables, '
+        "got complementary_strategy=%r with %d tables" % (strategy, num_tables)
+    )
   return deeprec_mapping
 
 
@@ -92,11 +96,15 @@ def check_rows(rows, strategy):
   pairwise coprime counts for "CRT". Raises ValueError naming the tables."""
   check_strategy(strategy)
   if len(rows) < 2:
-    raise ValueError("a multi-hash table needs at least 2 small tables, got "
-                     "%d" % len(rows))
+    raise ValueError(
+        "a multi-hash table needs at least 2 small tables, got "
+        "%d" % len(rows)
+    )
   if strategy == "Q-R" and len(rows) != 2:
-    raise ValueError("The Q-R strategy needs exactly 2 tables, got %d; use "
-                     "\"generalized-Q-R\" or \"CRT\" for more" % len(rows))
+    raise ValueError(
+        "The Q-R strategy needs exactly 2 tables, got %d; use "
+        '"generalized-Q-R" or "CRT" for more' % len(rows)
+    )
   if strategy == "CRT":
     for i in range(len(rows)):
       for j in range(i + 1, len(rows)):
@@ -104,8 +112,9 @@ def check_rows(rows, strategy):
         if g != 1:
           raise ValueError(
               "The CRT strategy needs pairwise coprime row counts, but table "
-              "%d has %d rows and table %d has %d (common factor %d)" %
-              (i, rows[i], j, rows[j], g))
+              "%d has %d rows and table %d has %d (common factor %d)"
+              % (i, rows[i], j, rows[j], g)
+          )
 
 
 def capacity_of(rows, strategy, deeprec_mapping=False):
@@ -192,7 +201,8 @@ def describe_tables(tables):
   """
   if not isinstance(tables, (list, tuple)) or len(tables) < 2:
     raise ValueError(
-        "tables must be a list of at least 2 tables, got %r" % (tables,))
+        "tables must be a list of at least 2 tables, got %r" % (tables,)
+    )
   all_shards, rows, widths, dtype = [], [], [], None
   for j, table in enumerate(tables):
     shards = [_as_shard(s) for s in table_shards(table)]
@@ -204,15 +214,20 @@ def describe_tables(tables):
       if dtype is None:
         dtype = shard_dtype
       elif shard_dtype != dtype:
-        raise ValueError("all tables must have one dtype: shard %d of table "
-                         "%d is %s, expected %s" %
-                         (s, j, shard_dtype.name, dtype.name))
+        raise ValueError(
+            "all tables must have one dtype: shard %d of table "
+            "%d is %s, expected %s" % (s, j, shard_dtype.name, dtype.name)
+        )
       if shape is None or len(shape) != 2 or None in shape:
-        raise ValueError("shard %d of table %d must have a static shape "
-                         "[rows, width], got %s" % (s, j, shard.shape))
+        raise ValueError(
+            "shard %d of table %d must have a static shape "
+            "[rows, width], got %s" % (s, j, shard.shape)
+        )
       if width is not None and shape[1] != width:
-        raise ValueError("shard %d of table %d has width %d, the other shards "
-                         "%d" % (s, j, shape[1], width))
+        raise ValueError(
+            "shard %d of table %d has width %d, the other shards "
+            "%d" % (s, j, shape[1], width)
+        )
       width = shape[1]
       table_rows += shape[0]
     all_shards.append(shards)
@@ -221,8 +236,9 @@ def describe_tables(tables):
   return all_shards, rows, widths, dtype
 
 
-def describe_lookup(tables, operation, complementary_strategy, out_of_range,
-                    deeprec_mapping):
+def describe_lookup(
+    tables, operation, complementary_strategy, out_of_range, deeprec_mapping
+):
   """Checks a lookup's arguments for the paths built from stock ops (XLA,
   shards on other devices); returns them described, the canonical operation
   first:
@@ -275,13 +291,20 @@ def _flatten_tables(tables):
 
 def check_widths(operation, widths):
   if operation != "concat" and len(set(widths)) != 1:
-    raise ValueError("operation %r needs equal table widths, got %s" %
-                     (operation, widths))
+    raise ValueError(
+        "operation %r needs equal table widths, got %s" % (operation, widths)
+    )
 
 
-def multihash_lookup(tables, ids, operation="add",
-                     complementary_strategy="Q-R", out_of_range="error",
-                     deeprec_mapping=False, name=None):
+def multihash_lookup(
+    tables,
+    ids,
+    operation="add",
+    complementary_strategy="Q-R",
+    out_of_range="error",
+    deeprec_mapping=False,
+    name=None,
+):
   """Looks up `ids` in the multi-hash table made of `tables`.
 
   Args:
@@ -315,10 +338,17 @@ def multihash_lookup(tables, ids, operation="add",
     tf.errors.InvalidArgumentError (when run): an id outside [0, capacity).
   """
   from tensorflow_multihash import xla_lookup  # pylint: disable=g-import-not-at-top
+
   if xla_lookup.in_xla_context():  # XLA compiles no custom op: stock ops.
     with ops.name_scope(name, "MultiHashLookup"):
-      return xla_lookup.lookup(tables, ids, operation, complementary_strategy,
-                               out_of_range, deeprec_mapping)
+      return xla_lookup.lookup(
+          tables,
+          ids,
+          operation,
+          complementary_strategy,
+          out_of_range,
+          deeprec_mapping,
+      )
   operation = canonical_operation(operation)
   check_strategy(complementary_strategy)
   check_out_of_range(out_of_range)
@@ -329,18 +359,31 @@ def multihash_lookup(tables, ids, operation="add",
     check_rows(rows, complementary_strategy)
     check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     if out_of_range == "wrap":
-      ids = wrap_ids(ids, capacity_of(rows, complementary_strategy,
-                                      deeprec_mapping))
+      ids = wrap_ids(
+          ids, capacity_of(rows, complementary_strategy, deeprec_mapping)
+      )
     return _gen.multi_hash_lookup(
-        tables=inputs, ids=ids, T=dtype, operation=operation,
-        complementary_strategy=complementary_strategy, table_rows=rows,
-        table_widths=widths, num_shards=num_shards,
-        deeprec_mapping=deeprec_mapping)
+        tables=inputs,
+        ids=ids,
+        T=dtype,
+        operation=operation,
+        complementary_strategy=complementary_strategy,
+        table_rows=rows,
+        table_widths=widths,
+        num_shards=num_shards,
+        deeprec_mapping=deeprec_mapping,
+    )
 
 
-def multihash_lookup_grad(grad, tables, ids, operation="add",
-                          complementary_strategy="Q-R", deeprec_mapping=False,
-                          name=None):
+def multihash_lookup_grad(
+    grad,
+    tables,
+    ids,
+    operation="add",
+    complementary_strategy="Q-R",
+    deeprec_mapping=False,
+    name=None,
+):
   """The raw gradient op: a list of (indices, values), one per shard.
 
   Tables in order, then shards in order; `indices` are the distinct
@@ -356,11 +399,17 @@ def multihash_lookup_grad(grad, tables, ids, operation="add",
     check_rows(rows, complementary_strategy)
     check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     indices, values = _gen.multi_hash_lookup_grad(
-        grad=tf.convert_to_tensor(grad, dtype=dtype), tables=inputs, ids=ids,
-        N=len(inputs), operation=operation,
+        grad=tf.convert_to_tensor(grad, dtype=dtype),
+        tables=inputs,
+        ids=ids,
+        N=len(inputs),
+        operation=operation,
         complementary_strategy=complementary_strategy,
-        table_rows=rows, table_widths=widths, num_shards=num_shards,
-        deeprec_mapping=deeprec_mapping)
+        table_rows=rows,
+        table_widths=widths,
+        num_shards=num_shards,
+        deeprec_mapping=deeprec_mapping,
+    )
     return list(zip(indices, values))
 
 
@@ -383,13 +432,17 @@ def _multihash_lookup_grad(op, grad):
   tables = list(op.inputs[:-1])
   ids = op.inputs[-1]
   indices, values = _gen.multi_hash_lookup_grad(
-      grad=grad, tables=tables, ids=ids, N=len(tables),
+      grad=grad,
+      tables=tables,
+      ids=ids,
+      N=len(tables),
       operation=op.get_attr("operation").decode(),
       complementary_strategy=op.get_attr("complementary_strategy").decode(),
       table_rows=op.get_attr("table_rows"),
       table_widths=op.get_attr("table_widths"),
       num_shards=op.get_attr("num_shards"),
-      deeprec_mapping=_deeprec_attr(op))
+      deeprec_mapping=_deeprec_attr(op),
+  )
   table_grads = [
       tf.IndexedSlices(v, i, _shard_shape(t))
       for t, i, v in zip(tables, indices, values)

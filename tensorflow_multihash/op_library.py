@@ -13,8 +13,9 @@ import warnings
 import tensorflow as tf
 
 LIBRARY_NAME = "_multihash_ops.so"
-LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            LIBRARY_NAME)
+LIBRARY_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME
+)
 
 _BUILD_INFO = re.compile(rb"TFMH_BUILD_INFO tf=([^ \x00]+) cuda=([01])")
 
@@ -47,7 +48,8 @@ def load():
   if not os.path.exists(LIBRARY_PATH):
     raise ImportError(
         f"tensorflow_multihash: the op library {LIBRARY_PATH} does not exist; "
-        "build it with ./configure.sh at the repository root")
+        "build it with ./configure.sh at the repository root"
+    )
   info = _read_build_info(LIBRARY_PATH)
   built_for = info[0] if info else "an unknown version"
   try:
@@ -56,7 +58,8 @@ def load():
     raise ImportError(
         f"tensorflow_multihash: cannot load the op library {LIBRARY_PATH}, "
         f"built against TensorFlow {built_for}, into TensorFlow "
-        f"{tf.__version__}: {e}") from e
+        f"{tf.__version__}: {e}"
+    ) from e
   try:
     text = ctypes.CDLL(LIBRARY_PATH).TfmhBuildInfo
     text.restype = ctypes.c_char_p
@@ -69,7 +72,9 @@ def load():
         f"tensorflow_multihash: the op library {LIBRARY_PATH} was built "
         f"against TensorFlow {info[0]} but TensorFlow {tf.__version__} is "
         "running; rebuild it (./configure.sh, or ./build_wheel.sh for a wheel) "
-        "against the running TensorFlow if ops fail", RuntimeWarning)
+        "against the running TensorFlow if ops fail",
+        RuntimeWarning,
+    )
   _module, _build_info = module, info
   return module
 

@@ -28,10 +28,11 @@ def main(argv=None):
     which raises SystemExit with the status).
   """
   from tensorflow_multihash import op_library  # pylint: disable=g-import-not-at-top
+
   op_library.load()
   from tensorflow.python.tools import saved_model_cli  # pylint: disable=g-import-not-at-top
-  sys.argv = ["saved_model_cli"] + list(sys.argv[1:] if argv is None
-                                        else argv)
+
+  sys.argv = ["saved_model_cli"] + list(sys.argv[1:] if argv is None else argv)
   return saved_model_cli.main()
 
 

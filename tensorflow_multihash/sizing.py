@@ -15,10 +15,14 @@ from tensorflow_multihash.variable import MAX_PARTITIONS
 
 
 def _positive_int(value, arg_name):
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
-      value <= 0):
-    raise ValueError("%s must be a positive integer, got %r" %
-                     (arg_name, value))
+  if (
+      isinstance(value, bool)
+      or not isinstance(value, numbers.Integral)
+      or value <= 0
+  ):
+    raise ValueError(
+        "%s must be a positive integer, got %r" % (arg_name, value)
+    )
   return int(value)
 
 
@@ -26,17 +30,21 @@ def _num_ids(value):
   """num_ids as an int: a positive integer, or an integral float such as
   1e9; at most MAX_CAPACITY (ids are int64)."""
   if isinstance(value, numbers.Real) and not isinstance(
-      value, (bool, numbers.Integral)):
+      value, (bool, numbers.Integral)
+  ):
     as_float = float(value)
     if not math.isfinite(as_float) or as_float != math.floor(as_float):
-      raise ValueError("num_ids must be a positive integer (or an integral "
-                       "float such as 1e9), got %r" % (value,))
+      raise ValueError(
+          "num_ids must be a positive integer (or an integral "
+          "float such as 1e9), got %r" % (value,)
+      )
     value = int(as_float)
   num_ids = _positive_int(value, "num_ids")
   if num_ids > MAX_CAPACITY + 1:
     raise ValueError(
         "num_ids must be at most 2**63 (ids are int64, so at most 2**63 ids "
-        "in [0, 2**63) can be named), got %d" % num_ids)
+        "in [0, 2**63) can be named), got %d" % num_ids
+    )
   return num_ids
 
 
@@ -87,8 +95,7 @@ def _coprime_rows(num_ids, k):
     def search(start, chosen, total):
       nonlocal best
       if len(chosen) == k:
-        if math.prod(chosen) >= num_ids and (best is None or
-                                             total < best[0]):
+        if math.prod(chosen) >= num_ids and (best is None or total < best[0]):
           best = (total, list(chosen))
         return
       left = k - len(chosen)
@@ -117,15 +124,22 @@ def _split_width(width, k, operation):
   if operation != "concat":
     return [width] * k
   if width < k:
-    raise ValueError("width must be at least num_of_partitions (%d) for "
-                     "concat, got %d" % (k, width))
+    raise ValueError(
+        "width must be at least num_of_partitions (%d) for "
+        "concat, got %d" % (k, width)
+    )
   base, extra = divmod(width, k)
   return [base + 1 if j < extra else base for j in range(k)]
 
 
-def multihash_dims(num_ids, width, num_of_partitions=2,
-                   complementary_strategy="Q-R", operation="mul",
-                   num_collisions=None):
+def multihash_dims(
+    num_ids,
+    width,
+    num_of_partitions=2,
+    complementary_strategy="Q-R",
+    operation="mul",
+    num_collisions=None,
+):
   """The `dims` of a multi-hash table that holds `num_ids` ids.
 
   Without `num_collisions` the row counts are the cheapest whose capacity
@@ -161,18 +175,19 @@ def multihash_dims(num_ids, width, num_of_partitions=2,
   multihash_ops.check_strategy(complementary_strategy)
   operation = multihash_ops.canonical_operation(operation)
   if not 2 <= k <= MAX_PARTITIONS:
-    raise ValueError("num_of_partitions must be in [2, %d], got %d" %
-                     (MAX_PARTITIONS, k))
+    raise ValueError(
+        "num_of_partitions must be in [2, %d], got %d" % (MAX_PARTITIONS, k)
+    )
   if complementary_strategy == "Q-R" and k != 2:
-    raise ValueError("The Q-R strategy needs num_of_partitions = 2, got %d"
-                     % k)
+    raise ValueError("The Q-R strategy needs num_of_partitions = 2, got %d" % k)
   widths = _split_width(width, k, operation)
   if num_collisions is not None:
     num_collisions = _positive_int(num_collisions, "num_collisions")
     if k != 2 or complementary_strategy == "CRT":
       raise ValueError(
           "num_collisions needs num_of_partitions = 2 and a Q-R strategy, "
-          "got %d partitions and %r" % (k, complementary_strategy))
+          "got %d partitions and %r" % (k, complementary_strategy)
+      )
     rows = [-(-num_ids // num_collisions), num_collisions]
   elif complementary_strategy == "CRT":
     rows = _coprime_rows(num_ids, k)
@@ -182,6 +197,7 @@ def multihash_dims(num_ids, width, num_of_partitions=2,
   if capacity > MAX_CAPACITY:
     raise ValueError(
         "num_ids %d needs tables of %s rows, a capacity of %d ids, more than "
-        "int64 ids can name (at most 2**63 - 1); use a smaller num_ids" %
-        (num_ids, rows, capacity))
+        "int64 ids can name (at most 2**63 - 1); use a smaller num_ids"
+        % (num_ids, rows, capacity)
+    )
   return [[r, w] for r, w in zip(rows, widths)]

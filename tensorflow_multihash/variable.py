@@ -62,8 +62,9 @@ def set_deeprec_mapping(enabled):
   """
   global _deeprec_mapping_default
   if not isinstance(enabled, bool):
-    raise ValueError("set_deeprec_mapping takes True or False, got %r" %
-                     (enabled,))
+    raise ValueError(
+        "set_deeprec_mapping takes True or False, got %r" % (enabled,)
+    )
   _deeprec_mapping_default = enabled
 
 
@@ -76,10 +77,12 @@ def resolve_deeprec_mapping(deeprec_mapping, strategy, num_tables):
   """The mapping a new variable or column uses: `deeprec_mapping` if given
   (checked), else the process default where it applies (k = 2 "Q-R")."""
   if deeprec_mapping is None:
-    return bool(_deeprec_mapping_default) and (strategy == "Q-R" and
-                                               num_tables == 2)
-  return multihash_ops.check_deeprec_mapping(deeprec_mapping, strategy,
-                                             num_tables)
+    return bool(_deeprec_mapping_default) and (
+        strategy == "Q-R" and num_tables == 2
+    )
+  return multihash_ops.check_deeprec_mapping(
+      deeprec_mapping, strategy, num_tables
+  )
 
 
 class MultiHashConfig(object):
@@ -90,13 +93,16 @@ class MultiHashConfig(object):
     self.size = size
     self.strategy = strategy
     self.operation = operation
-    self.num_of_partitions = (len(size) if num_of_partitions is None
-                              else num_of_partitions)
+    self.num_of_partitions = (
+        len(size) if num_of_partitions is None else num_of_partitions
+    )
 
   def __repr__(self):
-    return ("MultiHashConfig(size=%r, strategy=%r, operation=%r, "
-            "num_of_partitions=%r)" % (self.size, self.strategy,
-                                       self.operation, self.num_of_partitions))
+    return (
+        "MultiHashConfig(size=%r, strategy=%r, operation=%r, "
+        "num_of_partitions=%r)"
+        % (self.size, self.strategy, self.operation, self.num_of_partitions)
+    )
 
 
 class _Untracked(object):
@@ -106,8 +112,7 @@ class _Untracked(object):
     self.value = value
 
 
-def validate_config(dims, num_of_partitions, complementary_strategy,
-                    operation):
+def validate_config(dims, num_of_partitions, complementary_strategy, operation):
   """Checks the configuration; returns (dims as int pairs, operation).
 
   Raises:
@@ -115,52 +120,76 @@ def validate_config(dims, num_of_partitions, complementary_strategy,
   """
   multihash_ops.check_strategy(complementary_strategy)
   operation = multihash_ops.canonical_operation(operation)
-  if (isinstance(num_of_partitions, bool) or
-      not isinstance(num_of_partitions, numbers.Integral)):
-    raise ValueError("num_of_partitions must be an integer, got %r" %
-                     (num_of_partitions,))
+  if isinstance(num_of_partitions, bool) or not isinstance(
+      num_of_partitions, numbers.Integral
+  ):
+    raise ValueError(
+        "num_of_partitions must be an integer, got %r" % (num_of_partitions,)
+    )
   if complementary_strategy == "Q-R" and num_of_partitions != 2:
-    raise ValueError("The Q-R strategy needs num_of_partitions = 2, got %r" %
-                     (num_of_partitions,))
+    raise ValueError(
+        "The Q-R strategy needs num_of_partitions = 2, got %r"
+        % (num_of_partitions,)
+    )
   if not 2 <= num_of_partitions <= MAX_PARTITIONS:
-    raise ValueError("num_of_partitions must be in [2, %d], got %r" %
-                     (MAX_PARTITIONS, num_of_partitions))
+    raise ValueError(
+        "num_of_partitions must be in [2, %d], got %r"
+        % (MAX_PARTITIONS, num_of_partitions)
+    )
   if not isinstance(dims, (list, tuple)):
-    raise ValueError("dims must be a list of [rows, width] pairs, got %r" %
-                     (dims,))
+    raise ValueError(
+        "dims must be a list of [rows, width] pairs, got %r" % (dims,)
+    )
   if len(dims) != num_of_partitions:
-    raise ValueError("dims has %d entries but num_of_partitions is %d: give "
-                     "one [rows, width] pair per partition, got %r" %
-                     (len(dims), num_of_partitions, dims))
+    raise ValueError(
+        "dims has %d entries but num_of_partitions is %d: give "
+        "one [rows, width] pair per partition, got %r"
+        % (len(dims), num_of_partitions, dims)
+    )
   pairs = []
   for j, pair in enumerate(dims):
     if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-      raise ValueError("dims[%d] must be a [rows, width] pair, got %r" %
-                       (j, pair))
+      raise ValueError(
+          "dims[%d] must be a [rows, width] pair, got %r" % (j, pair)
+      )
     for field, value in zip(("rows", "width"), pair):
-      if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-          or value <= 0):
-        raise ValueError("dims[%d] %s must be a positive integer, got %r" %
-                         (j, field, value))
+      if (
+          isinstance(value, bool)
+          or not isinstance(value, numbers.Integral)
+          or value <= 0
+      ):
+        raise ValueError(
+            "dims[%d] %s must be a positive integer, got %r" % (j, field, value)
+        )
     pairs.append([int(pair[0]), int(pair[1])])
   widths = [w for _, w in pairs]
   if operation != "concat" and len(set(widths)) != 1:
-    raise ValueError("operation %r needs equal widths in dims, got widths %s"
-                     % (operation, widths))
+    raise ValueError(
+        "operation %r needs equal widths in dims, got widths %s"
+        % (operation, widths)
+    )
   out_width = sum(widths) if operation == "concat" else widths[0]
   if out_width > MAX_OUT_WIDTH:
     raise ValueError(
         "dims give output rows %d wide (%s), more than the %d (2**31 - 1) "
-        "supported; got widths %s" %
-        (out_width, "the sum of the widths for concat" if operation ==
-         "concat" else "the table width", MAX_OUT_WIDTH, widths))
+        "supported; got widths %s"
+        % (
+            out_width,
+            "the sum of the widths for concat"
+            if operation == "concat"
+            else "the table width",
+            MAX_OUT_WIDTH,
+            widths,
+        )
+    )
   multihash_ops.check_rows([r for r, _ in pairs], complementary_strategy)
   capacity = math.prod(r for r, _ in pairs)
   if capacity > MAX_CAPACITY:
     raise ValueError(
         "dims give a capacity of %d ids (the product of the row counts), "
         "more than int64 ids can name (at most 2**63 - 1); use fewer or "
-        "smaller tables, got %r" % (capacity, dims))
+        "smaller tables, got %r" % (capacity, dims)
+    )
   return pairs, operation
 
 
@@ -170,12 +199,16 @@ def check_table_dtype(dtype):
   try:
     dtype = tf.as_dtype(dtype)
   except TypeError as e:
-    raise ValueError("dtype must be a floating-point type (float32, "
-                     "float64, float16, bfloat16), got %r" % (dtype,)) from e
+    raise ValueError(
+        "dtype must be a floating-point type (float32, "
+        "float64, float16, bfloat16), got %r" % (dtype,)
+    ) from e
   if not dtype.is_floating:
-    raise ValueError("dtype must be a floating-point type (float32, "
-                     "float64, float16, bfloat16): the tables are embedding "
-                     "weights; got %s" % dtype.name)
+    raise ValueError(
+        "dtype must be a floating-point type (float32, "
+        "float64, float16, bfloat16): the tables are embedding "
+        "weights; got %s" % dtype.name
+    )
   return dtype
 
 
@@ -189,9 +222,10 @@ def _shard_variables(table):
   if isinstance(table, variables_lib.PartitionedVariable):
     partitions = table._get_partitions()  # pylint: disable=protected-access
     if any(p != 1 for p in partitions[1:]):
-      raise ValueError("a multi-hash table may only be partitioned along its "
-                       "rows (axis 0), got partitions %s for %s" %
-                       (partitions, table.name))
+      raise ValueError(
+          "a multi-hash table may only be partitioned along its "
+          "rows (axis 0), got partitions %s for %s" % (partitions, table.name)
+      )
   return multihash_ops.table_shards(table)
 
 
@@ -219,13 +253,23 @@ class MultiHashVariable(tf.Module):
     variables, trainable_variables: every shard variable, flat.
   """
 
-  def __init__(self, name, dims, num_of_partitions, complementary_strategy,
-               operation, dtype, tables, out_of_range="error",
-               deeprec_mapping=False):
+  def __init__(
+      self,
+      name,
+      dims,
+      num_of_partitions,
+      complementary_strategy,
+      operation,
+      dtype,
+      tables,
+      out_of_range="error",
+      deeprec_mapping=False,
+  ):
     super().__init__(name="MultiHashVariable")
     self._out_of_range = multihash_ops.check_out_of_range(out_of_range)
     self._deeprec_mapping = multihash_ops.check_deeprec_mapping(
-        deeprec_mapping, complementary_strategy, len(dims))
+        deeprec_mapping, complementary_strategy, len(dims)
+    )
     self._mh_name = name
     self._dims = [list(d) for d in dims]
     self._num_of_partitions = num_of_partitions
@@ -270,8 +314,9 @@ class MultiHashVariable(tf.Module):
 
   @property
   def capacity(self):
-    return multihash_ops.capacity_of([rows for rows, _ in self._dims],
-                                     self._strategy, self._deeprec_mapping)
+    return multihash_ops.capacity_of(
+        [rows for rows, _ in self._dims], self._strategy, self._deeprec_mapping
+    )
 
   @property
   def embedding_dim(self):
@@ -295,8 +340,9 @@ class MultiHashVariable(tf.Module):
 
   @property
   def mhvconfig(self):
-    return MultiHashConfig(self.dims, self._strategy, self._operation,
-                           self._num_of_partitions)
+    return MultiHashConfig(
+        self.dims, self._strategy, self._operation, self._num_of_partitions
+    )
 
   @property
   def variables(self):
@@ -324,31 +370,42 @@ class MultiHashVariable(tf.Module):
   def __repr__(self):
     extra = " out_of_range=wrap" if self._out_of_range == "wrap" else ""
     extra += " deeprec_mapping" if self._deeprec_mapping else ""
-    return ("<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
-            "dtype=%s%s>" % (self._mh_name, self.dims, self._operation,
-                             self._strategy, self._dtype.name, extra))
+    return (
+        "<MultiHashVariable '%s' dims=%s operation=%s strategy=%s "
+        "dtype=%s%s>"
+        % (
+            self._mh_name,
+            self.dims,
+            self._operation,
+            self._strategy,
+            self._dtype.name,
+            extra,
+        )
+    )
 
 
-def _get_multihash_variable(name,
-                            dims,
-                            num_of_partitions=2,
-                            complementary_strategy="Q-R",
-                            operation="add",
-                            dtype=tf.float32,
-                            initializer=None,
-                            regularizer=None,
-                            trainable=None,
-                            collections=None,
-                            caching_device=None,
-                            partitioner=None,
-                            validate_shape=True,
-                            use_resource=None,
-                            custom_getter=None,
-                            constraint=None,
-                            synchronization=tf.VariableSynchronization.AUTO,
-                            aggregation=tf.VariableAggregation.NONE,
-                            out_of_range="error",
-                            deeprec_mapping=None):
+def _get_multihash_variable(
+    name,
+    dims,
+    num_of_partitions=2,
+    complementary_strategy="Q-R",
+    operation="add",
+    dtype=tf.float32,
+    initializer=None,
+    regularizer=None,
+    trainable=None,
+    collections=None,
+    caching_device=None,
+    partitioner=None,
+    validate_shape=True,
+    use_resource=None,
+    custom_getter=None,
+    constraint=None,
+    synchronization=tf.VariableSynchronization.AUTO,
+    aggregation=tf.VariableAggregation.NONE,
+    out_of_range="error",
+    deeprec_mapping=None,
+):
   """Creates (or, under a reusing variable scope, gets) a multi-hash variable.
 
   The arguments may also be given in the order of DeepRec's source, which
@@ -397,33 +454,53 @@ def _get_multihash_variable(name,
       int64 ids, deeprec_mapping=True with another strategy.
     TypeError: arguments that do not bind to the signature.
   """
-  pairs, operation = validate_config(dims, num_of_partitions,
-                                     complementary_strategy, operation)
+  pairs, operation = validate_config(
+      dims, num_of_partitions, complementary_strategy, operation
+  )
   multihash_ops.check_out_of_range(out_of_range)
   deeprec_mapping = resolve_deeprec_mapping(
-      deeprec_mapping, complementary_strategy, len(pairs))
+      deeprec_mapping, complementary_strategy, len(pairs)
+  )
   dtype = check_table_dtype(dtype)
   if initializer is None:
-    width = (sum(w for _, w in pairs) if operation == "concat"
-             else pairs[0][1])
+    width = sum(w for _, w in pairs) if operation == "concat" else pairs[0][1]
     initializer = tf.compat.v1.truncated_normal_initializer(
-        stddev=1.0 / math.sqrt(width))
+        stddev=1.0 / math.sqrt(width)
+    )
   tables = []
   suffixes = table_suffixes(len(pairs))
   for suffix, (rows, width) in zip(suffixes, pairs):
-    tables.append(tf.compat.v1.get_variable(
-        "%s/%s" % (name, suffix), shape=[rows, width], dtype=dtype,
-        initializer=initializer, regularizer=regularizer, trainable=trainable,
-        collections=collections, caching_device=caching_device,
-        partitioner=partitioner, validate_shape=validate_shape,
-        use_resource=use_resource, custom_getter=custom_getter,
-        constraint=constraint, synchronization=synchronization,
-        aggregation=aggregation))
-  full_name = _base_name(tables[0])[:-len("/" + suffixes[0])]
-  return MultiHashVariable(full_name, pairs, num_of_partitions,
-                           complementary_strategy, operation, dtype, tables,
-                           out_of_range=out_of_range,
-                           deeprec_mapping=deeprec_mapping)
+    tables.append(
+        tf.compat.v1.get_variable(
+            "%s/%s" % (name, suffix),
+            shape=[rows, width],
+            dtype=dtype,
+            initializer=initializer,
+            regularizer=regularizer,
+            trainable=trainable,
+            collections=collections,
+            caching_device=caching_device,
+            partitioner=partitioner,
+            validate_shape=validate_shape,
+            use_resource=use_resource,
+            custom_getter=custom_getter,
+            constraint=constraint,
+            synchronization=synchronization,
+            aggregation=aggregation,
+        )
+    )
+  full_name = _base_name(tables[0])[: -len("/" + suffixes[0])]
+  return MultiHashVariable(
+      full_name,
+      pairs,
+      num_of_partitions,
+      complementary_strategy,
+      operation,
+      dtype,
+      tables,
+      out_of_range=out_of_range,
+      deeprec_mapping=deeprec_mapping,
+  )
 
 
 _SEED_ORDER = tuple(inspect.signature(_get_multihash_variable).parameters)
@@ -439,16 +516,23 @@ def bind_arguments(args, kwargs):
   Raises:
     TypeError: too many positional arguments, or one given twice.
   """
-  order = (_DEEPREC_ORDER if len(args) > 2 and isinstance(args[2], str)
-           else _SEED_ORDER)
+  order = (
+      _DEEPREC_ORDER
+      if len(args) > 2 and isinstance(args[2], str)
+      else _SEED_ORDER
+  )
   if len(args) > len(order):
-    raise TypeError("get_multihash_variable takes at most %d positional "
-                    "arguments, got %d" % (len(order), len(args)))
+    raise TypeError(
+        "get_multihash_variable takes at most %d positional "
+        "arguments, got %d" % (len(order), len(args))
+    )
   bound = dict(kwargs)
   for arg_name, value in zip(order, args):
     if arg_name in bound:
-      raise TypeError("get_multihash_variable got multiple values for "
-                      "argument %r" % arg_name)
+      raise TypeError(
+          "get_multihash_variable got multiple values for "
+          "argument %r" % arg_name
+      )
     bound[arg_name] = value
   return bound
 
@@ -459,4 +543,5 @@ def get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-docstrin
 
 get_multihash_variable.__doc__ = _get_multihash_variable.__doc__
 get_multihash_variable.__signature__ = inspect.signature(
-    _get_multihash_variable)
+    _get_multihash_variable
+)

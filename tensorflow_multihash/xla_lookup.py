@@ -58,8 +58,11 @@ def _dtype_max(dtype):
 def valid_ids(ids, bound):
   """A bool tensor like `ids`: `0 <= id < bound` (unsigned ids: `id < bound`)."""
   ids = tf.convert_to_tensor(ids)
-  below = (tf.less(ids, tf.constant(bound, ids.dtype))
-           if bound <= _dtype_max(ids.dtype) else tf.ones_like(ids, tf.bool))
+  below = (
+      tf.less(ids, tf.constant(bound, ids.dtype))
+      if bound <= _dtype_max(ids.dtype)
+      else tf.ones_like(ids, tf.bool)
+  )
   if ids.dtype.is_unsigned:
     return below
   return tf.logical_and(tf.greater_equal(ids, tf.zeros_like(ids)), below)
@@ -124,20 +127,31 @@ def _one_entry_per_row(part, rows, num_rows):
       flat_rows = tf.reshape(rows, [-1])
       flat_dy = tf.reshape(dy, [-1, width])
       totals = tf.math.unsorted_segment_sum(flat_dy, flat_rows, num_rows)
-      positions = tf.range(tf.size(flat_rows, out_type=flat_rows.dtype),
-                           dtype=flat_rows.dtype)
+      positions = tf.range(
+          tf.size(flat_rows, out_type=flat_rows.dtype), dtype=flat_rows.dtype
+      )
       first = tf.math.unsorted_segment_min(positions, flat_rows, num_rows)
       is_first = tf.equal(tf.gather(first, flat_rows), positions)
-      values = tf.where(tf.expand_dims(is_first, -1),
-                        tf.gather(totals, flat_rows), tf.zeros_like(flat_dy))
+      values = tf.where(
+          tf.expand_dims(is_first, -1),
+          tf.gather(totals, flat_rows),
+          tf.zeros_like(flat_dy),
+      )
       return tf.reshape(values, tf.shape(dy))
+
     return tf.identity(x), grad
 
   return identity(part)
 
 
-def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
-           out_of_range="error", deeprec_mapping=False):
+def lookup(
+    tables,
+    ids,
+    operation="add",
+    complementary_strategy="Q-R",
+    out_of_range="error",
+    deeprec_mapping=False,
+):
   """`multihash_ops.multihash_lookup` from stock ops that XLA compiles.
 
   Takes the same arguments and gives the same numbers, in and out of XLA;
@@ -148,10 +162,15 @@ def lookup(tables, ids, operation="add", complementary_strategy="Q-R",
   Raises:
     ValueError, TypeError: as `multihash_ops.multihash_lookup`.
   """
-  (operation, shards, rows, widths, dtype, divisors,
-   capacity) = multihash_ops.describe_lookup(
-       tables, operation, complementary_strategy, out_of_range,
-       deeprec_mapping)
+  (operation, shards, rows, widths, dtype, divisors, capacity) = (
+      multihash_ops.describe_lookup(
+          tables,
+          operation,
+          complementary_strategy,
+          out_of_range,
+          deeprec_mapping,
+      )
+  )
   # pylint: disable=protected-access
   ids = multihash_ops._ids_tensor(ids)
   # pylint: enable=protected-access

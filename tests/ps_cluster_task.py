@@ -21,13 +21,18 @@ Run as `ps_cluster_task.py <examples/ps_training.py options>`:
 
 A failing command replies {"error": "..."}; stdin closing ends the task.
 """
+
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "examples"))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"
+    ),
+)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -53,10 +58,14 @@ def _fused_lookup_bytes(model, args, cluster):
   if args.use_resource:
     return None
   setter = v1.train.replica_device_setter(
-      cluster=cluster, worker_device="/job:worker/task:%d" % args.task_index)
+      cluster=cluster, worker_device="/job:worker/task:%d" % args.task_index
+  )
   with v1.device(setter):
-    return tf.reduce_sum(multihash_ops.multihash_lookup(
-        model.embedding.tables, model.ids, operation=args.operation))
+    return tf.reduce_sum(
+        multihash_ops.multihash_lookup(
+            model.embedding.tables, model.ids, operation=args.operation
+        )
+    )
 
 
 def _traced_bytes(sess, fetch, feed, repeats=3):
@@ -66,22 +75,32 @@ def _traced_bytes(sess, fetch, feed, repeats=3):
   for _ in range(repeats):
     meta = v1.RunMetadata()
     ps_training.run_step(
-        sess, fetch, feed_dict=feed, run_metadata=meta,
-        options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE))
+        sess,
+        fetch,
+        feed_dict=feed,
+        run_metadata=meta,
+        options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE),
+    )
     for t in ps_training.traced_transfers(meta):
       seen[(t["tensor"], t["src"], t["dst"])] = t["bytes"]
-  return {"to_worker": sum(b for (_, _, dst), b in seen.items()
-                           if "/job:worker/" in dst),
-          "largest_transfer": max(seen.values() or [0])}
+  return {
+      "to_worker": sum(
+          b for (_, _, dst), b in seen.items() if "/job:worker/" in dst
+      ),
+      "largest_transfer": max(seen.values() or [0]),
+  }
 
 
 def _dump(sess, model):
   tables = [multihash_ops.table_shards(t) for t in model.embedding.tables]
   values, weights, step = ps_training.run_step(
-      sess, [tables, model.weights, model.global_step])
-  return {"global_step": int(step),
-          "tables": [np.concatenate(v, axis=0).tolist() for v in values],
-          "weights": weights.tolist()}
+      sess, [tables, model.weights, model.global_step]
+  )
+  return {
+      "global_step": int(step),
+      "tables": [np.concatenate(v, axis=0).tolist() for v in values],
+      "weights": weights.tolist(),
+  }
 
 
 def _serve(sess, model, args, fused):
@@ -95,24 +114,48 @@ def _serve(sess, model, args, fused):
         losses = []
         for i, seed in enumerate(cmd["seeds"]):
           loss, _ = ps_training.run_step(
-              sess, [model.loss, model.train_op],
-              feed_dict=model.feed(seed, args.batch_size))
+              sess,
+              [model.loss, model.train_op],
+              feed_dict=model.feed(seed, args.batch_size),
+          )
           losses.append(float(loss))
           _say({"progress": i + 1})
-        _say({"global_step": int(ps_training.run_step(sess, model.global_step)),
-              "losses": losses})
+        _say(
+            {
+                "global_step": int(
+                    ps_training.run_step(sess, model.global_step)
+                ),
+                "losses": losses,
+            }
+        )
       elif name == "eval":
-        _say({"loss": float(ps_training.run_step(
-            sess, model.loss,
-            feed_dict=model.feed(cmd["seed"], args.batch_size)))})
+        _say(
+            {
+                "loss": float(
+                    ps_training.run_step(
+                        sess,
+                        model.loss,
+                        feed_dict=model.feed(cmd["seed"], args.batch_size),
+                    )
+                )
+            }
+        )
       elif name == "dump":
         _say(_dump(sess, model))
       elif name == "measure":
-        _say(ps_training.measure_step_bytes(
-            sess, model, model.feed(cmd["seed"], args.batch_size)))
+        _say(
+            ps_training.measure_step_bytes(
+                sess, model, model.feed(cmd["seed"], args.batch_size)
+            )
+        )
       elif name == "measure_fused":
-        _say(None if fused is None else _traced_bytes(
-            sess, fused, model.feed(cmd["seed"], args.batch_size)))
+        _say(
+            None
+            if fused is None
+            else _traced_bytes(
+                sess, fused, model.feed(cmd["seed"], args.batch_size)
+            )
+        )
       else:
         _say({"error": "unknown command %r" % (name,)})
     except tf.errors.OpError as e:
@@ -130,8 +173,12 @@ def main(argv):
     model = ps_training.build_model(args, cluster, args.task_index)
     fused = _fused_lookup_bytes(model, args, cluster)
     with ps_training.monitored_session(args, server, args.task_index) as sess:
-      _say({"event": "ready",
-            "global_step": int(ps_training.run_step(sess, model.global_step))})
+      _say(
+          {
+              "event": "ready",
+              "global_step": int(ps_training.run_step(sess, model.global_step)),
+          }
+      )
       _serve(sess, model, args, fused)
   return 0
 

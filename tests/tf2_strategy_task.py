@@ -8,6 +8,7 @@ before TensorFlow initializes. Prints one line `RESULT <json>`.
                                   cluster of 2 workers and 2 ps tasks on
                                   127.0.0.1, variable_partitioner
 """
+
 import json
 import os
 import socket
@@ -29,8 +30,11 @@ def _init(seed):
   def init(shape, dtype=None, partition_info=None):
     del partition_info
     rng = np.random.default_rng(seed + int(shape[0]))
-    return tf.constant(rng.uniform(0.5, 1.5, [int(s) for s in shape]),
-                       dtype=dtype or tf.float32)
+    return tf.constant(
+        rng.uniform(0.5, 1.5, [int(s) for s in shape]),
+        dtype=dtype or tf.float32,
+    )
+
   return init
 
 
@@ -47,13 +51,15 @@ def mirrored():
   """3 Adagrad steps on 2 replicas and on one device: same tables."""
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+      cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+  )
   import tensorflow_multihash as tfmh
 
   def train(strategy, replicas):
     with strategy.scope():
-      emb = tfmh.get_multihash_variable("emb", DIMS, operation="mul",
-                                        initializer=_init(3))
+      emb = tfmh.get_multihash_variable(
+          "emb", DIMS, operation="mul", initializer=_init(3)
+      )
       opt = tf.compat.v1.train.AdagradOptimizer(0.1)
     kinds = []
 
@@ -76,18 +82,29 @@ def mirrored():
 
     per_replica = len(GLOBAL_IDS) // replicas
     ids = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(GLOBAL_IDS[
-            ctx.replica_id_in_sync_group * per_replica:
-            (ctx.replica_id_in_sync_group + 1) * per_replica]))
+        lambda ctx: tf.constant(
+            GLOBAL_IDS[
+                ctx.replica_id_in_sync_group
+                * per_replica : (ctx.replica_id_in_sync_group + 1)
+                * per_replica
+            ]
+        )
+    )
     losses = [float(step(ids)) for _ in range(STEPS)]
     # Every replica's copy of every table.
-    copies = [[c.numpy().tolist()
-               for c in strategy.experimental_local_results(t)]
-              for t in emb.tables]
-    return {"losses": losses, "tables": copies,
-            "grad_kinds": sorted(set(kinds)),
-            "ops": sorted(_lookup_graph_ops(step, ids) & {
-                "MultiHashLookup", "ResourceGather", "GatherV2"})}
+    copies = [
+        [c.numpy().tolist() for c in strategy.experimental_local_results(t)]
+        for t in emb.tables
+    ]
+    return {
+        "losses": losses,
+        "tables": copies,
+        "grad_kinds": sorted(set(kinds)),
+        "ops": sorted(
+            _lookup_graph_ops(step, ids)
+            & {"MultiHashLookup", "ResourceGather", "GatherV2"}
+        ),
+    }
 
   two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2)
   one = train(tf.distribute.OneDeviceStrategy("/cpu:0"), 1)
@@ -107,25 +124,37 @@ def parameter_server():
   import tensorflow_multihash as tfmh
   from tensorflow_multihash import multihash_ops
 
-  spec = tf.train.ClusterSpec({
-      "worker": ["127.0.0.1:%d" % _free_port() for _ in range(2)],
-      "ps": ["127.0.0.1:%d" % _free_port() for _ in range(2)]})
+  spec = tf.train.ClusterSpec(
+      {
+          "worker": ["127.0.0.1:%d" % _free_port() for _ in range(2)],
+          "ps": ["127.0.0.1:%d" % _free_port() for _ in range(2)],
+      }
+  )
   # In-process servers share this process's threads: give each enough
   # inter-op threads that blocked receives cannot starve the senders.
   config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=8)
-  servers = [tf.distribute.Server(spec, job_name=job, task_index=i,
-                                  config=config, start=True)
-             for job in ("worker", "ps") for i in range(2)]
+  servers = [
+      tf.distribute.Server(
+          spec, job_name=job, task_index=i, config=config, start=True
+      )
+      for job in ("worker", "ps")
+      for i in range(2)
+  ]
   strategy = tf.distribute.experimental.ParameterServerStrategy(
-      tf.distribute.cluster_resolver.SimpleClusterResolver(spec,
-                                                           rpc_layer="grpc"),
+      tf.distribute.cluster_resolver.SimpleClusterResolver(
+          spec, rpc_layer="grpc"
+      ),
       variable_partitioner=(
-          tf.distribute.experimental.partitioners.FixedShardsPartitioner(2)))
+          tf.distribute.experimental.partitioners.FixedShardsPartitioner(2)
+      ),
+  )
   coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(
-      strategy)
+      strategy
+  )
   with strategy.scope():
-    emb = tfmh.get_multihash_variable("emb", [[40, 8], [30, 8]],
-                                      operation="add", initializer=_init(5))
+    emb = tfmh.get_multihash_variable(
+        "emb", [[40, 8], [30, 8]], operation="add", initializer=_init(5)
+    )
     dense = tf.Variable(tf.fill([8, 1], 0.1), name="dense")
     opt = tf_keras.optimizers.Adagrad(0.2)
   variables = list(emb.trainable_variables) + list(dense.variables)
@@ -155,15 +184,17 @@ def parameter_server():
     def replica_loss():
       pred = tf.matmul(tf.nn.embedding_lookup(emb, ids), dense)
       return tf.reduce_mean(tf.square(pred - labels))
+
     return strategy.run(replica_loss)
 
   # Before training: the lookup gives the numbers of the tables' values.
   first = coordinator.schedule(lookup)
   before = coordinator.schedule(evaluate)
   coordinator.join()
-  tables = [np.concatenate([s.numpy()
-                            for s in multihash_ops.table_shards(t)])
-            for t in emb.tables]
+  tables = [
+      np.concatenate([s.numpy() for s in multihash_ops.table_shards(t)])
+      for t in emb.tables
+  ]
   n = ids.numpy()
   want = tables[0][n // 30] + tables[1][n % 30]
   lookup_error = float(np.abs(first.fetch() - want).max())
@@ -175,13 +206,18 @@ def parameter_server():
   del servers
   return {
       "table_types": [type(t).__name__ for t in emb.tables],
-      "shard_devices": [s.device for t in emb.tables
-                        for s in multihash_ops.table_shards(t)],
+      "shard_devices": [
+          s.device for t in emb.tables for s in multihash_ops.table_shards(t)
+      ],
       "lookup_error": lookup_error,
-      "ops": sorted(_lookup_graph_ops(step) & {
-          "MultiHashLookup", "ResourceGather", "GatherV2"}),
-      "loss_before": float(before.fetch()), "loss_after": float(after.fetch()),
-      "steps": len(losses)}
+      "ops": sorted(
+          _lookup_graph_ops(step)
+          & {"MultiHashLookup", "ResourceGather", "GatherV2"}
+      ),
+      "loss_before": float(before.fetch()),
+      "loss_after": float(after.fetch()),
+      "steps": len(losses),
+  }
 
 
 if __name__ == "__main__":
