@@ -8,10 +8,12 @@ libtensorflow_framework.so.2). The library is built against one TensorFlow
 release, read from its TFMH_BUILD_INFO text (the same text op_library.py
 checks at import), so the wheel requires that release,
 `tensorflow==<major>.<minor>.*`, one of the supported 2.16 to 2.21
-(docs/tensorflow_versions.md). Its version carries the release as a local
-label (0.1.0+tf2.18), so that the wheels of all releases can sit side by
-side in one folder or private index; TFMH_WHEEL_LOCAL_VERSION=0 leaves it
-out (PyPI accepts no local versions: there, one release per version).
+(docs/tensorflow_versions.md). Its version is tensorflow_multihash/version.py's
+__version__ (read as text: importing the package would load TensorFlow) with
+the release as a local label (0.1.0+tf2.18), so that the wheels of all
+releases can sit side by side in one folder or private index;
+TFMH_WHEEL_LOCAL_VERSION=0 leaves the label out (PyPI accepts no local
+versions: there, one release per version).
 """
 
 import os
@@ -25,11 +27,23 @@ try:
 except ImportError:
   from wheel.bdist_wheel import bdist_wheel
 
-VERSION = "0.1.0"
 # The supported TensorFlow releases: the minor versions of 2.x.
 TF_MIN_MINOR, TF_MAX_MINOR = 16, 21
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.path.join(ROOT, "tensorflow_multihash", "_multihash_ops.so")
+
+
+def package_version():
+  """`__version__` of tensorflow_multihash/version.py, read as text."""
+  path = os.path.join(ROOT, "tensorflow_multihash", "version.py")
+  with open(path, encoding="utf-8") as f:
+    match = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
+  if match is None:
+    raise SystemExit(f'{path} has no line __version__ = "..."')
+  return match.group(1)
+
+
+VERSION = package_version()
 
 
 def built_tf_version():

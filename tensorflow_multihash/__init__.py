@@ -6,6 +6,7 @@ combined by add, mul or concat. Importing the package loads the op library
 and lets DeepRec code that uses `get_multihash_variable` run unchanged.
 """
 
+from tensorflow_multihash.version import __version__
 from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.embedding_ops import embedding_lookup
 from tensorflow_multihash.embedding_ops import embedding_lookup_sparse

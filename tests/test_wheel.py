@@ -32,6 +32,8 @@ import zipfile
 import pytest
 import tensorflow as tf
 
+from tensorflow_multihash.version import __version__
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The supported releases, 2.16 to 2.21 (docs/tensorflow_versions.md).
 TF_MIN_MINOR, TF_MAX_MINOR = 16, 21
@@ -64,8 +66,8 @@ def wheel(tmp_path_factory):
 @pytest.mark.slow  # builds the wheel (once per module)
 def test_wheel_contents(wheel):
   assert re.fullmatch(
-      r"tensorflow_multihash-0\.1\.0\+tf%s-py3-none-(linux|manylinux_\d+_\d+)_%s\.whl"
-      % (re.escape(TF_RELEASE), platform.machine()),
+      r"tensorflow_multihash-%s\+tf%s-py3-none-(linux|manylinux_\d+_\d+)_%s\.whl"
+      % (re.escape(__version__), re.escape(TF_RELEASE), platform.machine()),
       wheel.name,
   ), wheel.name
   with zipfile.ZipFile(wheel) as z:
@@ -91,7 +93,7 @@ def test_wheel_contents(wheel):
   ], names
   requires = re.findall(r"^Requires-Dist: (.*)$", meta, re.M)
   assert requires == [f"tensorflow=={TF_RELEASE}.*"], meta
-  assert f"Version: 0.1.0+tf{TF_RELEASE}\n" in meta, meta
+  assert f"Version: {__version__}+tf{TF_RELEASE}\n" in meta, meta
   assert "Root-Is-Purelib: false" in info, info
   tag = wheel.name[: -len(".whl")].split("-", 2)[2]
   assert re.findall(r"^Tag: (.*)$", info, re.M) == [tag], info
@@ -179,7 +181,7 @@ def test_wheel_installs_and_runs_quickstart(wheel, tmp_path):
           "error::RuntimeWarning:tensorflow_multihash.op_library",
           "-c",
           "import sys, runpy, tensorflow_multihash as m; "
-          "print('PACKAGE', m.__file__); "
+          "print('PACKAGE', m.__file__); print('VERSION', m.__version__); "
           "sys.argv = ['seed_variable.py']; runpy.run_path('seed_variable.py', run_name='__main__')",
       ],
       cwd=str(work),
@@ -192,6 +194,14 @@ def test_wheel_installs_and_runs_quickstart(wheel, tmp_path):
   package = [x for x in p.stdout.splitlines() if x.startswith("PACKAGE ")][0]
   assert package.split()[1].startswith(site), (package, site)
   assert ROOT not in package
+  # The installed package's __version__ is the public part of the wheel's
+  # version (its metadata's, which the file name carries).
+  installed = [x for x in p.stdout.splitlines() if x.startswith("VERSION ")]
+  wheel_version = wheel.name.split("-")[1]
+  assert installed == ["VERSION " + wheel_version.split("+")[0]], (
+      installed,
+      wheel.name,
+  )
   # The seed example's numbers (README quickstart): 1.0 -> 0.9003111 ->
   # 0.8297106 printed by the three steps, tables ending at 0.7720356.
   numbers = [float(x) for x in re.findall(r"\d\.\d*", p.stdout)]
