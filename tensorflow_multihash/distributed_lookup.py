@@ -108,7 +108,7 @@ def needs_colocated_lookup(tables):
   if tf.executing_eagerly():
     return False
   devices = [
-      _shard_device(s) for t in tables for s in multihash_ops.table_shards(t)
+      _shard_device(s) for t in tables for s in multihash_ops._table_shards(t)
   ]
   devices = [d for d in devices if d]
   if not devices:
@@ -135,7 +135,7 @@ def _checked_ids(ids, capacity, rows, out_of_range):
   """Flat int64 ids; out-of-range ids fail (or wrap) before any gather."""
   if out_of_range == "wrap":
     return tf.cast(
-        tf.reshape(multihash_ops.wrap_ids(ids, capacity), [-1]), tf.int64
+        tf.reshape(multihash_ops._wrap_ids(ids, capacity), [-1]), tf.int64
     )
   flat = tf.cast(tf.reshape(ids, [-1]), tf.int64)
   bad = tf.logical_or(flat < 0, flat >= capacity)
@@ -170,7 +170,7 @@ def _gather_table(shards, table_rows, name):
       with _placed_with(shards[0]):
         found = tf.gather(shards[0], uniq, name="gather_shard_0")
     else:
-      sizes = [multihash_ops.static_shape(s)[0] for s in shards]
+      sizes = [multihash_ops._static_shape(s)[0] for s in shards]
       starts = [0]
       for n in sizes[:-1]:
         starts.append(starts[-1] + n)
@@ -228,7 +228,7 @@ def colocated_lookup(
     ids: int32 or int64 ids of any shape.
     operation: "add", "mul" ("mult" too) or "concat".
     complementary_strategy: "Q-R", "generalized-Q-R" or "CRT" (see
-      `multihash_ops.table_divisors`).
+      `multihash_ops._table_divisors`).
     out_of_range: "error" (ids outside [0, capacity) fail the step) or
       "wrap" (ids are taken modulo the capacity).
     deeprec_mapping: "Q-R" only: DeepRec's mapping (see
@@ -247,7 +247,7 @@ def colocated_lookup(
       with out_of_range="error".
   """
   (operation, shards, rows, widths, dtype, divisors, capacity) = (
-      multihash_ops.describe_lookup(
+      multihash_ops._describe_lookup(
           tables,
           operation,
           complementary_strategy,

@@ -100,7 +100,7 @@ class MultiHashCategoricalColumn(
     if values.dtype != tf.int64:
       values = tf.cast(values, tf.int64)
     if self.out_of_range == "wrap":
-      values = multihash_ops.wrap_ids(values, self.num_buckets)
+      values = multihash_ops._wrap_ids(values, self.num_buckets)
     return tf.SparseTensor(
         input_tensor.indices, values, input_tensor.dense_shape
     )
@@ -119,7 +119,7 @@ class MultiHashCategoricalColumn(
 
   @property
   def num_buckets(self):
-    return multihash_ops.capacity_of(
+    return multihash_ops._capacity_of(
         list(self.dims), self.complementary_strategy, self.deeprec_mapping
     )
 
@@ -209,7 +209,7 @@ def categorical_column_with_multihash(
   pairs, operation = validate_config(
       [[d, 1] for d in dims], len(dims), complementary_strategy, operation
   )
-  multihash_ops.check_out_of_range(out_of_range)
+  multihash_ops._check_out_of_range(out_of_range)
   deeprec_mapping = resolve_deeprec_mapping(
       deeprec_mapping, complementary_strategy, len(pairs)
   )

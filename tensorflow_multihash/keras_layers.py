@@ -226,9 +226,9 @@ class MultiHashEmbedding(keras.layers.Layer):
           stacklevel=2,
       )
     super().__init__(**kwargs)
-    operation = multihash_ops.canonical_operation(operation)
-    multihash_ops.check_strategy(complementary_strategy)
-    multihash_ops.check_out_of_range(out_of_range)
+    operation = multihash_ops._canonical_operation(operation)
+    multihash_ops._check_strategy(complementary_strategy)
+    multihash_ops._check_out_of_range(out_of_range)
     if not isinstance(hash_strings, bool):
       raise ValueError(
           "hash_strings must be True or False, got %r" % (hash_strings,)
@@ -287,7 +287,7 @@ class MultiHashEmbedding(keras.layers.Layer):
           "output_dim=%r does not match dims %s, whose output "
           "width for %r is %d" % (output_dim, dims, operation, width)
       )
-    capacity = multihash_ops.capacity_of(
+    capacity = multihash_ops._capacity_of(
         [r for r, _ in dims], complementary_strategy
     )
     if num_ids is not None and out_of_range == "error" and num_ids > capacity:

@@ -40,7 +40,7 @@ def _is_one_of(value, choices):
   return isinstance(value, str) and value in choices
 
 
-def canonical_operation(operation):
+def _canonical_operation(operation):
   """Returns "add", "mul" (also for its alias "mult") or "concat", else raises."""
   if _is_one_of(operation, _OPERATION_ALIASES):
     return _OPERATION_ALIASES[operation]
@@ -52,7 +52,7 @@ def canonical_operation(operation):
   return operation
 
 
-def check_strategy(strategy):
+def _check_strategy(strategy):
   if not _is_one_of(strategy, STRATEGIES):
     raise ValueError(
         "The strategy %s is not supported; complementary_strategy must be "
@@ -61,7 +61,7 @@ def check_strategy(strategy):
   return strategy
 
 
-def check_out_of_range(out_of_range):
+def _check_out_of_range(out_of_range):
   if not _is_one_of(out_of_range, OUT_OF_RANGE):
     raise ValueError(
         "out_of_range must be one of %s, got %r"
@@ -70,7 +70,7 @@ def check_out_of_range(out_of_range):
   return out_of_range
 
 
-def check_deeprec_mapping(deeprec_mapping, strategy, num_tables):
+def _check_deeprec_mapping(deeprec_mapping, strategy, num_tables):
   """Checks `deeprec_mapping` (a bool) against the strategy; returns it.
 
   DeepRec's mapping (q = id // rows_Q, r = id % rows_R) exists for k = 2
@@ -91,10 +91,10 @@ def check_deeprec_mapping(deeprec_mapping, strategy, num_tables):
   return deeprec_mapping
 
 
-def check_rows(rows, strategy):
+def _check_rows(rows, strategy):
   """Checks the row counts against the strategy: exactly 2 tables for "Q-R",
   pairwise coprime counts for "CRT". Raises ValueError naming the tables."""
-  check_strategy(strategy)
+  _check_strategy(strategy)
   if len(rows) < 2:
     raise ValueError(
         "a multi-hash table needs at least 2 small tables, got "
@@ -117,19 +117,19 @@ def check_rows(rows, strategy):
           )
 
 
-def capacity_of(rows, strategy, deeprec_mapping=False):
+def _capacity_of(rows, strategy, deeprec_mapping=False):
   """The number of ids the tables address: ids are valid in [0, capacity).
 
   prod(rows) for every strategy; rows_Q * rows_Q under DeepRec's mapping
   (its quotient row id // rows_Q must stay below rows_Q).
   """
-  check_strategy(strategy)
+  _check_strategy(strategy)
   if deeprec_mapping:
     return rows[0] * rows[0]
   return math.prod(rows)
 
 
-def table_divisors(rows, strategy, deeprec_mapping=False):
+def _table_divisors(rows, strategy, deeprec_mapping=False):
   """Table j's row of id x is `(x // divisors[j]) % rows[j]`.
 
   "Q-R" and "generalized-Q-R" are mixed radix (divisors are the products of
@@ -139,7 +139,7 @@ def table_divisors(rows, strategy, deeprec_mapping=False):
   divisors (cc/kernels/multihash_mapping.h); this is for Python code that
   must place rows itself, such as per-shard gathers on parameter servers.
   """
-  check_strategy(strategy)
+  _check_strategy(strategy)
   if deeprec_mapping:
     return [rows[0], 1]
   if strategy == "CRT":
@@ -151,7 +151,7 @@ def table_divisors(rows, strategy, deeprec_mapping=False):
   return divisors[::-1]
 
 
-def wrap_ids(ids, capacity):
+def _wrap_ids(ids, capacity):
   """Folds int ids into [0, capacity) by floor-mod (the hashing trick beyond
   the capacity). int32 ids stay int32 when the capacity fits in int32."""
   ids = _ids_tensor(ids)
@@ -161,7 +161,7 @@ def wrap_ids(ids, capacity):
   return tf.math.floormod(ids, tf.constant(capacity, dtype=ids.dtype))
 
 
-def static_shape(x):
+def _static_shape(x):
   """The static shape of a tensor or variable as a list of Python ints (None
   where unknown): the one place shapes are read, so that TF1's `Dimension`
   objects never reach the rest of the package. None for an unknown rank."""
@@ -169,7 +169,7 @@ def static_shape(x):
   return None if shape.rank is None else shape.as_list()
 
 
-def table_shards(table):
+def _table_shards(table):
   """The row shards of one table argument, in order, as a list."""
   if isinstance(table, (list, tuple)):
     return list(table)
@@ -188,7 +188,7 @@ def _as_shard(shard):
   return tf.convert_to_tensor(shard)
 
 
-def describe_tables(tables):
+def _describe_tables(tables):
   """Checks the table arguments; returns (shards, rows, widths, dtype).
 
   `shards[j]` lists table j's row shards (variables or tensors), `rows[j]`
@@ -205,12 +205,12 @@ def describe_tables(tables):
     )
   all_shards, rows, widths, dtype = [], [], [], None
   for j, table in enumerate(tables):
-    shards = [_as_shard(s) for s in table_shards(table)]
+    shards = [_as_shard(s) for s in _table_shards(table)]
     if not shards:
       raise ValueError("table %d has no shards" % j)
     table_rows, width = 0, None
     for s, shard in enumerate(shards):
-      shape, shard_dtype = static_shape(shard), shard.dtype.base_dtype
+      shape, shard_dtype = _static_shape(shard), shard.dtype.base_dtype
       if dtype is None:
         dtype = shard_dtype
       elif shard_dtype != dtype:
@@ -236,7 +236,7 @@ def describe_tables(tables):
   return all_shards, rows, widths, dtype
 
 
-def describe_lookup(
+def _describe_lookup(
     tables, operation, complementary_strategy, out_of_range, deeprec_mapping
 ):
   """Checks a lookup's arguments for the paths built from stock ops (XLA,
@@ -247,15 +247,15 @@ def describe_lookup(
   Raises:
     ValueError: as `multihash_lookup`.
   """
-  operation = canonical_operation(operation)
-  check_strategy(complementary_strategy)
-  check_out_of_range(out_of_range)
-  shards, rows, widths, dtype = describe_tables(tables)
-  check_widths(operation, widths)
-  check_rows(rows, complementary_strategy)
-  check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
-  divisors = table_divisors(rows, complementary_strategy, deeprec_mapping)
-  capacity = capacity_of(rows, complementary_strategy, deeprec_mapping)
+  operation = _canonical_operation(operation)
+  _check_strategy(complementary_strategy)
+  _check_out_of_range(out_of_range)
+  shards, rows, widths, dtype = _describe_tables(tables)
+  _check_widths(operation, widths)
+  _check_rows(rows, complementary_strategy)
+  _check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
+  divisors = _table_divisors(rows, complementary_strategy, deeprec_mapping)
+  capacity = _capacity_of(rows, complementary_strategy, deeprec_mapping)
   return operation, shards, rows, widths, dtype, divisors, capacity
 
 
@@ -284,12 +284,12 @@ def _ids_tensor(ids):
 
 def _flatten_tables(tables):
   """Op inputs and the attributes describing them."""
-  shards, rows, widths, dtype = describe_tables(tables)
+  shards, rows, widths, dtype = _describe_tables(tables)
   inputs = [_shard_input(s) for table in shards for s in table]
   return inputs, dtype, rows, widths, [len(table) for table in shards]
 
 
-def check_widths(operation, widths):
+def _check_widths(operation, widths):
   if operation != "concat" and len(set(widths)) != 1:
     raise ValueError(
         "operation %r needs equal table widths, got %s" % (operation, widths)
@@ -349,18 +349,18 @@ def multihash_lookup(
           out_of_range,
           deeprec_mapping,
       )
-  operation = canonical_operation(operation)
-  check_strategy(complementary_strategy)
-  check_out_of_range(out_of_range)
+  operation = _canonical_operation(operation)
+  _check_strategy(complementary_strategy)
+  _check_out_of_range(out_of_range)
   with ops.name_scope(name, "MultiHashLookup"):
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
-    check_widths(operation, widths)
-    check_rows(rows, complementary_strategy)
-    check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
+    _check_widths(operation, widths)
+    _check_rows(rows, complementary_strategy)
+    _check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     if out_of_range == "wrap":
-      ids = wrap_ids(
-          ids, capacity_of(rows, complementary_strategy, deeprec_mapping)
+      ids = _wrap_ids(
+          ids, _capacity_of(rows, complementary_strategy, deeprec_mapping)
       )
     return _gen.multi_hash_lookup(
         tables=inputs,
@@ -390,14 +390,14 @@ def multihash_lookup_grad(
   shard-local rows that `ids` touch (ascending) and `values` the summed
   gradient of each.
   """
-  operation = canonical_operation(operation)
-  check_strategy(complementary_strategy)
+  operation = _canonical_operation(operation)
+  _check_strategy(complementary_strategy)
   with ops.name_scope(name, "MultiHashLookupGrad"):
     ids = _ids_tensor(ids)
     inputs, dtype, rows, widths, num_shards = _flatten_tables(tables)
-    check_widths(operation, widths)
-    check_rows(rows, complementary_strategy)
-    check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
+    _check_widths(operation, widths)
+    _check_rows(rows, complementary_strategy)
+    _check_deeprec_mapping(deeprec_mapping, complementary_strategy, len(rows))
     indices, values = _gen.multi_hash_lookup_grad(
         grad=tf.convert_to_tensor(grad, dtype=dtype),
         tables=inputs,

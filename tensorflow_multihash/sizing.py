@@ -172,8 +172,8 @@ def multihash_dims(
   num_ids = _num_ids(num_ids)
   width = _positive_int(width, "width")
   k = _positive_int(num_of_partitions, "num_of_partitions")
-  multihash_ops.check_strategy(complementary_strategy)
-  operation = multihash_ops.canonical_operation(operation)
+  multihash_ops._check_strategy(complementary_strategy)
+  operation = multihash_ops._canonical_operation(operation)
   if not 2 <= k <= MAX_PARTITIONS:
     raise ValueError(
         "num_of_partitions must be in [2, %d], got %d" % (MAX_PARTITIONS, k)

@@ -80,7 +80,7 @@ def resolve_deeprec_mapping(deeprec_mapping, strategy, num_tables):
     return bool(_deeprec_mapping_default) and (
         strategy == "Q-R" and num_tables == 2
     )
-  return multihash_ops.check_deeprec_mapping(
+  return multihash_ops._check_deeprec_mapping(
       deeprec_mapping, strategy, num_tables
   )
 
@@ -118,8 +118,8 @@ def validate_config(dims, num_of_partitions, complementary_strategy, operation):
   Raises:
     ValueError: naming the first bad argument and its value.
   """
-  multihash_ops.check_strategy(complementary_strategy)
-  operation = multihash_ops.canonical_operation(operation)
+  multihash_ops._check_strategy(complementary_strategy)
+  operation = multihash_ops._canonical_operation(operation)
   if isinstance(num_of_partitions, bool) or not isinstance(
       num_of_partitions, numbers.Integral
   ):
@@ -182,7 +182,7 @@ def validate_config(dims, num_of_partitions, complementary_strategy, operation):
             widths,
         )
     )
-  multihash_ops.check_rows([r for r, _ in pairs], complementary_strategy)
+  multihash_ops._check_rows([r for r, _ in pairs], complementary_strategy)
   capacity = math.prod(r for r, _ in pairs)
   if capacity > MAX_CAPACITY:
     raise ValueError(
@@ -226,7 +226,7 @@ def _shard_variables(table):
           "a multi-hash table may only be partitioned along its "
           "rows (axis 0), got partitions %s for %s" % (partitions, table.name)
       )
-  return multihash_ops.table_shards(table)
+  return multihash_ops._table_shards(table)
 
 
 class MultiHashVariable(tf.Module):
@@ -266,8 +266,8 @@ class MultiHashVariable(tf.Module):
       deeprec_mapping=False,
   ):
     super().__init__(name="MultiHashVariable")
-    self._out_of_range = multihash_ops.check_out_of_range(out_of_range)
-    self._deeprec_mapping = multihash_ops.check_deeprec_mapping(
+    self._out_of_range = multihash_ops._check_out_of_range(out_of_range)
+    self._deeprec_mapping = multihash_ops._check_deeprec_mapping(
         deeprec_mapping, complementary_strategy, len(dims)
     )
     self._mh_name = name
@@ -314,7 +314,7 @@ class MultiHashVariable(tf.Module):
 
   @property
   def capacity(self):
-    return multihash_ops.capacity_of(
+    return multihash_ops._capacity_of(
         [rows for rows, _ in self._dims], self._strategy, self._deeprec_mapping
     )
 
@@ -457,7 +457,7 @@ def _get_multihash_variable(
   pairs, operation = validate_config(
       dims, num_of_partitions, complementary_strategy, operation
   )
-  multihash_ops.check_out_of_range(out_of_range)
+  multihash_ops._check_out_of_range(out_of_range)
   deeprec_mapping = resolve_deeprec_mapping(
       deeprec_mapping, complementary_strategy, len(pairs)
   )

@@ -7,7 +7,7 @@ present). Inside such an XLA context `multihash_ops.multihash_lookup` calls
 `lookup` below instead, which computes the same numbers from ops XLA
 compiles and fuses:
 
-  row_j = (id // divisor_j) % rows_j        (multihash_ops.table_divisors)
+  row_j = (id // divisor_j) % rows_j        (multihash_ops._table_divisors)
   part_j = tf.gather(table_j, row_j)
   out = part_0 op part_1 op ... op part_{k-1}   (left to right, as the kernel)
 
@@ -163,7 +163,7 @@ def lookup(
     ValueError, TypeError: as `multihash_ops.multihash_lookup`.
   """
   (operation, shards, rows, widths, dtype, divisors, capacity) = (
-      multihash_ops.describe_lookup(
+      multihash_ops._describe_lookup(
           tables,
           operation,
           complementary_strategy,
@@ -176,7 +176,7 @@ def lookup(
   # pylint: enable=protected-access
   valid = None
   if out_of_range == "wrap":
-    ids = multihash_ops.wrap_ids(ids, capacity)
+    ids = multihash_ops._wrap_ids(ids, capacity)
   else:
     valid = valid_ids(ids, capacity)
   parts = []

@@ -92,7 +92,7 @@ def _traced_bytes(sess, fetch, feed, repeats=3):
 
 
 def _dump(sess, model):
-  tables = [multihash_ops.table_shards(t) for t in model.embedding.tables]
+  tables = [multihash_ops._table_shards(t) for t in model.embedding.tables]
   values, weights, step = ps_training.run_step(
       sess, [tables, model.weights, model.global_step]
   )

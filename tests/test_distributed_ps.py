@@ -57,7 +57,7 @@ def single_process_run(options, seeds):
       for seed in seeds:
         sess.run(model.train_op, feed_dict=model.feed(seed, args.batch_size))
       tables = [
-          np.concatenate(sess.run(multihash_ops.table_shards(t)), axis=0)
+          np.concatenate(sess.run(multihash_ops._table_shards(t)), axis=0)
           for t in model.embedding.tables
       ]
       return tables, sess.run(model.weights)

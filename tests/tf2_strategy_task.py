@@ -192,7 +192,7 @@ def parameter_server():
   before = coordinator.schedule(evaluate)
   coordinator.join()
   tables = [
-      np.concatenate([s.numpy() for s in multihash_ops.table_shards(t)])
+      np.concatenate([s.numpy() for s in multihash_ops._table_shards(t)])
       for t in emb.tables
   ]
   n = ids.numpy()
@@ -207,7 +207,7 @@ def parameter_server():
   return {
       "table_types": [type(t).__name__ for t in emb.tables],
       "shard_devices": [
-          s.device for t in emb.tables for s in multihash_ops.table_shards(t)
+          s.device for t in emb.tables for s in multihash_ops._table_shards(t)
       ],
       "lookup_error": lookup_error,
       "ops": sorted(
