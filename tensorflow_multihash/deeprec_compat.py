@@ -274,7 +274,9 @@ def _warn_if_rows_differ(args, kwargs):
   )
 
 
-def deeprec_get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-docstring
+def deeprec_get_multihash_variable(  # pylint: disable=missing-docstring
+    *args: typing.Any, **kwargs: typing.Any
+) -> MultiHashVariable:
   _warn_if_rows_differ(args, kwargs)
   return get_multihash_variable(*args, **kwargs)
 

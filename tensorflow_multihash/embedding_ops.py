@@ -4,6 +4,10 @@ Every id's embedding is composed from the small tables by the fused op
 first; bags of ids are pooled afterwards (compose, then pool).
 """
 
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
 import tensorflow as tf
 
 from tensorflow_multihash import distributed_lookup
@@ -47,7 +51,12 @@ def _clip(emb, max_norm):
   return tf.clip_by_norm(emb, max_norm, axes=[-1])
 
 
-def embedding_lookup(params, ids, max_norm=None, name=None):
+def embedding_lookup(
+    params: Union[MultiHashVariable, Sequence[MultiHashVariable]],
+    ids: Union[tf.types.experimental.TensorLike, tf.RaggedTensor],
+    max_norm: Optional[float] = None,
+    name: Optional[str] = None,
+) -> Union[tf.Tensor, tf.RaggedTensor]:
   """Looks up `ids` in a multi-hash variable.
 
   Args:
@@ -134,8 +143,13 @@ def _ragged_bags(rt, arg_name):
 
 
 def embedding_lookup_sparse(
-    params, sp_ids, sp_weights, combiner=None, max_norm=None, name=None
-):
+    params: Union[MultiHashVariable, Sequence[MultiHashVariable]],
+    sp_ids: Union[tf.SparseTensor, tf.RaggedTensor],
+    sp_weights: Union[tf.SparseTensor, tf.RaggedTensor, None],
+    combiner: Optional[str] = None,
+    max_norm: Optional[float] = None,
+    name: Optional[str] = None,
+) -> tf.Tensor:
   """Looks up and pools bags of ids: row b of the result pools the
   embeddings of the ids in row b of `sp_ids`.
 
@@ -204,14 +218,14 @@ def _as_sparse(sp, arg_name):
 
 
 def safe_embedding_lookup_sparse(
-    embedding_weights,
-    sparse_ids,
-    sparse_weights=None,
-    combiner="mean",
-    default_id=None,
-    max_norm=None,
-    name=None,
-):
+    embedding_weights: Union[MultiHashVariable, Sequence[MultiHashVariable]],
+    sparse_ids: Union[tf.SparseTensor, tf.RaggedTensor],
+    sparse_weights: Union[tf.SparseTensor, tf.RaggedTensor, None] = None,
+    combiner: str = "mean",
+    default_id: Optional[int] = None,
+    max_norm: Optional[float] = None,
+    name: Optional[str] = None,
+) -> tf.Tensor:
   """Like `embedding_lookup_sparse`, for ids of any rank, with TensorFlow's
   pruning: ids < 0 are dropped, and so are ids whose weight is not positive
   unless the combiner is "sum" (then every weight counts, negative ones

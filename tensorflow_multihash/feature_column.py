@@ -10,8 +10,11 @@ bag is pooled with the combiner and the weights of a
 `weighted_categorical_column`.
 """
 
+from __future__ import annotations
+
 import collections
 import math
+from typing import Any, Callable, Optional, Sequence, Union
 
 import tensorflow as tf
 from tensorflow.python.feature_column import feature_column as fc_old
@@ -157,16 +160,16 @@ class MultiHashCategoricalColumn(
 
 
 def categorical_column_with_multihash(
-    key,
-    dims,
-    complementary_strategy="Q-R",
-    operation="concat",
-    dtype=tf.int64,
-    partition_num=None,
-    out_of_range="error",
-    hash_strings=False,
-    deeprec_mapping=None,
-):
+    key: str,
+    dims: Sequence[int],
+    complementary_strategy: str = "Q-R",
+    operation: str = "concat",
+    dtype: tf.DType = tf.int64,
+    partition_num: Optional[int] = None,
+    out_of_range: str = "error",
+    hash_strings: bool = False,
+    deeprec_mapping: Optional[bool] = None,
+) -> MultiHashCategoricalColumn:
   """A categorical column of integer ids for a multi-hash embedding.
 
   Args:
@@ -436,13 +439,15 @@ class MultiHashEmbeddingColumn(
 
 
 def embedding_column(
-    categorical_column,
-    dimension,
-    combiner="mean",
-    initializer=None,
-    max_norm=None,
-    trainable=True,
-):
+    categorical_column: Union[
+        MultiHashCategoricalColumn, fc2.WeightedCategoricalColumn
+    ],
+    dimension: Union[int, Sequence[int]],
+    combiner: str = "mean",
+    initializer: Optional[Callable[..., Any]] = None,
+    max_norm: Optional[float] = None,
+    trainable: bool = True,
+) -> MultiHashEmbeddingColumn:
   """Embeddings of a multi-hash categorical column.
 
   Args:

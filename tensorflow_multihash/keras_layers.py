@@ -18,9 +18,12 @@ import this module (or touch `tensorflow_multihash.keras`) before
 whenever Keras was already imported, as `import tensorflow` does.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 import warnings
+from typing import Any, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -193,23 +196,23 @@ class MultiHashEmbedding(keras.layers.Layer):
 
   def __init__(
       self,
-      input_dim=None,
-      output_dim=None,
-      embeddings_initializer=None,
-      embeddings_regularizer=None,
-      embeddings_constraint=None,
-      mask_zero=False,
+      input_dim: Optional[int] = None,
+      output_dim: Optional[int] = None,
+      embeddings_initializer: Any = None,
+      embeddings_regularizer: Any = None,
+      embeddings_constraint: Any = None,
+      mask_zero: bool = False,
       *,
-      num_ids=None,
-      dims=None,
-      num_collisions=None,
-      operation="mul",
-      complementary_strategy="Q-R",
-      num_of_partitions=None,
-      out_of_range="error",
-      hash_strings=False,
-      **kwargs,
-  ):
+      num_ids: Optional[int] = None,
+      dims: Optional[Sequence[Sequence[int]]] = None,
+      num_collisions: Optional[int] = None,
+      operation: str = "mul",
+      complementary_strategy: str = "Q-R",
+      num_of_partitions: Optional[int] = None,
+      out_of_range: str = "error",
+      hash_strings: bool = False,
+      **kwargs: Any,
+  ) -> None:
     for arg in ("weights", "lora_rank", "lora_alpha"):
       if kwargs.get(arg) is not None:
         raise ValueError(

@@ -8,7 +8,10 @@ variable (TF2 `variable_partitioner`), or a list of such row shards
 handles and are read in place, never copied.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from tensorflow.python.distribute import sharded_variable
@@ -297,14 +300,14 @@ def _check_widths(operation, widths):
 
 
 def multihash_lookup(
-    tables,
-    ids,
-    operation="add",
-    complementary_strategy="Q-R",
-    out_of_range="error",
-    deeprec_mapping=False,
-    name=None,
-):
+    tables: Sequence[Any],
+    ids: tf.types.experimental.TensorLike,
+    operation: str = "add",
+    complementary_strategy: str = "Q-R",
+    out_of_range: str = "error",
+    deeprec_mapping: bool = False,
+    name: Optional[str] = None,
+) -> tf.Tensor:
   """Looks up `ids` in the multi-hash table made of `tables`.
 
   Args:
@@ -376,14 +379,14 @@ def multihash_lookup(
 
 
 def multihash_lookup_grad(
-    grad,
-    tables,
-    ids,
-    operation="add",
-    complementary_strategy="Q-R",
-    deeprec_mapping=False,
-    name=None,
-):
+    grad: tf.types.experimental.TensorLike,
+    tables: Sequence[Any],
+    ids: tf.types.experimental.TensorLike,
+    operation: str = "add",
+    complementary_strategy: str = "Q-R",
+    deeprec_mapping: bool = False,
+    name: Optional[str] = None,
+) -> List[Tuple[tf.Tensor, tf.Tensor]]:
   """The raw gradient op: a list of (indices, values), one per shard.
 
   Tables in order, then shards in order; `indices` are the distinct

@@ -6,8 +6,11 @@ number of ids the cheapest layout makes the row counts as equal as the
 strategy allows.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import List, Optional, Union
 
 from tensorflow_multihash import multihash_ops
 from tensorflow_multihash.variable import MAX_CAPACITY
@@ -133,13 +136,13 @@ def _split_width(width, k, operation):
 
 
 def multihash_dims(
-    num_ids,
-    width,
-    num_of_partitions=2,
-    complementary_strategy="Q-R",
-    operation="mul",
-    num_collisions=None,
-):
+    num_ids: Union[int, float],
+    width: int,
+    num_of_partitions: int = 2,
+    complementary_strategy: str = "Q-R",
+    operation: str = "mul",
+    num_collisions: Optional[int] = None,
+) -> List[List[int]]:
   """The `dims` of a multi-hash table that holds `num_ids` ids.
 
   Without `num_collisions` the row counts are the cheapest whose capacity

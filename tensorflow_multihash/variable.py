@@ -10,9 +10,12 @@ otherwise, so scopes, reuse, partitioners, custom getters, collections,
 savers and optimizers treat them like any other variable.
 """
 
+from __future__ import annotations
+
 import inspect
 import math
 import numbers
+from typing import Any, Callable, Optional, Sequence, Union
 
 import tensorflow as tf
 from tensorflow.python.ops import variables as variables_lib
@@ -44,7 +47,7 @@ def table_suffixes(num_tables):
 _deeprec_mapping_default = None
 
 
-def set_deeprec_mapping(enabled):
+def set_deeprec_mapping(enabled: bool) -> None:
   """Sets the process-wide default of `deeprec_mapping` (initially False).
 
   With True, every k = 2 "Q-R" multi-hash variable and feature column made
@@ -255,16 +258,16 @@ class MultiHashVariable(tf.Module):
 
   def __init__(
       self,
-      name,
-      dims,
-      num_of_partitions,
-      complementary_strategy,
-      operation,
-      dtype,
-      tables,
-      out_of_range="error",
-      deeprec_mapping=False,
-  ):
+      name: str,
+      dims: Sequence[Sequence[int]],
+      num_of_partitions: int,
+      complementary_strategy: str,
+      operation: str,
+      dtype: Union[tf.DType, type, str],
+      tables: Sequence[Any],
+      out_of_range: str = "error",
+      deeprec_mapping: bool = False,
+  ) -> None:
     super().__init__(name="MultiHashVariable")
     self._out_of_range = multihash_ops._check_out_of_range(out_of_range)
     self._deeprec_mapping = multihash_ops._check_deeprec_mapping(
@@ -385,27 +388,29 @@ class MultiHashVariable(tf.Module):
 
 
 def _get_multihash_variable(
-    name,
-    dims,
-    num_of_partitions=2,
-    complementary_strategy="Q-R",
-    operation="add",
-    dtype=tf.float32,
-    initializer=None,
-    regularizer=None,
-    trainable=None,
-    collections=None,
-    caching_device=None,
-    partitioner=None,
-    validate_shape=True,
-    use_resource=None,
-    custom_getter=None,
-    constraint=None,
-    synchronization=tf.VariableSynchronization.AUTO,
-    aggregation=tf.VariableAggregation.NONE,
-    out_of_range="error",
-    deeprec_mapping=None,
-):
+    name: str,
+    dims: Sequence[Sequence[int]],
+    num_of_partitions: int = 2,
+    complementary_strategy: str = "Q-R",
+    operation: str = "add",
+    dtype: Union[tf.DType, type, str] = tf.float32,
+    initializer: Optional[Any] = None,
+    regularizer: Optional[Callable[..., Any]] = None,
+    trainable: Optional[bool] = None,
+    collections: Optional[Sequence[str]] = None,
+    caching_device: Optional[Any] = None,
+    partitioner: Optional[Callable[..., Any]] = None,
+    validate_shape: bool = True,
+    use_resource: Optional[bool] = None,
+    custom_getter: Optional[Callable[..., Any]] = None,
+    constraint: Optional[Callable[..., Any]] = None,
+    synchronization: tf.VariableSynchronization = (
+        tf.VariableSynchronization.AUTO
+    ),
+    aggregation: tf.VariableAggregation = tf.VariableAggregation.NONE,
+    out_of_range: str = "error",
+    deeprec_mapping: Optional[bool] = None,
+) -> MultiHashVariable:
   """Creates (or, under a reusing variable scope, gets) a multi-hash variable.
 
   The arguments may also be given in the order of DeepRec's source, which
@@ -537,7 +542,9 @@ def bind_arguments(args, kwargs):
   return bound
 
 
-def get_multihash_variable(*args, **kwargs):  # pylint: disable=missing-docstring
+def get_multihash_variable(  # pylint: disable=missing-docstring
+    *args: Any, **kwargs: Any
+) -> MultiHashVariable:
   return _get_multihash_variable(**bind_arguments(args, kwargs))
 
 
