@@ -87,21 +87,27 @@ if [[ "$EMULATE" == 1 ]]; then
 
   emu_build() {  # dir, then extra compiler flags
     local dir="$1"; shift
-    local t0=$SECONDS src fail=0 pids=() kernel_objs=()
+    local t0=$SECONDS src fail=0 pids=() kernel_objs=() emu_objs=()
+    # The emulated CUDA: its runtime API and its kernel execution.
+    local emu_srcs=(gpu_kernels/emu/cuda_emu_runtime.cc
+                    gpu_kernels/emu/cuda_emu_kernels.cc)
     mkdir -p "$dir"
     for src in "${KERNEL_SRCS[@]}"; do
       kernel_objs+=("$dir/$(basename "${src%.*}").o")
     done
+    for src in "${emu_srcs[@]}"; do
+      emu_objs+=("$dir/$(basename "${src%.*}").o")
+    done
     for src in "${KERNEL_SRCS[@]}" gpu_kernels/tests/multihash_gpu_test.cu \
-               gpu_kernels/emu/cuda_emu.cc gpu_kernels/emu/cuda_emu_test.cc; do
+               "${emu_srcs[@]}" gpu_kernels/emu/cuda_emu_test.cc; do
       "$CXX" "${EFLAGS[@]}" "$@" -x c++ -c "$src" \
           -o "$dir/$(basename "${src%.*}").o" & pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
     if [[ "$fail" != 0 ]]; then echo "== BUILD FAILED"; return 1; fi
     "$CXX" "$@" -o "$dir/multihash_gpu_test" "$dir/multihash_gpu_test.o" \
-        "${kernel_objs[@]}" "$dir/cuda_emu.o" &&
-      "$CXX" "$@" -o "$dir/cuda_emu_test" "$dir/cuda_emu_test.o" "$dir/cuda_emu.o" ||
+        "${kernel_objs[@]}" "${emu_objs[@]}" &&
+      "$CXX" "$@" -o "$dir/cuda_emu_test" "$dir/cuda_emu_test.o" "${emu_objs[@]}" ||
       { echo "== LINK FAILED"; return 1; }
     echo "   built in $((SECONDS - t0)) s"
   }

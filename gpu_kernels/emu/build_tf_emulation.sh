@@ -34,8 +34,10 @@ if ! find_cuda_include "$NVCC" "$PYTHON"; then
 fi
 
 KERNEL_SRCS=(gpu_kernels/*.cu)
+# The emulated CUDA: its runtime API and its kernel execution.
+EMU_SRCS=(gpu_kernels/emu/cuda_emu_runtime.cc gpu_kernels/emu/cuda_emu_kernels.cc)
 SRCS=(cc/kernels/multihash_kernels_gpu.cc cc/kernels/multihash_kernel_base.cc
-      "${KERNEL_SRCS[@]}" gpu_kernels/emu/cuda_emu.cc
+      "${KERNEL_SRCS[@]}" "${EMU_SRCS[@]}"
       gpu_kernels/emu/tf_emulation_init.cc)
 DEPS=("${SRCS[@]}" cc/kernels/*.h gpu_kernels/*.h gpu_kernels/*.cuh
       gpu_kernels/emu/*.h
@@ -79,8 +81,12 @@ for src in "${KERNEL_SRCS[@]}"; do
   KERNEL_OBJS+=("$obj")
   "$CXX" "${COMMON[@]}" "${EMU[@]}" -x c++ -c "$src" -o "$obj" & pids+=($!)
 done
-"$CXX" "${COMMON[@]}" "${EMU[@]}" -c gpu_kernels/emu/cuda_emu.cc \
-    -o "$TMP/cuda_emu.o" & pids+=($!)
+EMU_OBJS=()
+for src in "${EMU_SRCS[@]}"; do
+  obj="$TMP/$(basename "${src%.*}").o"
+  EMU_OBJS+=("$obj")
+  "$CXX" "${COMMON[@]}" "${EMU[@]}" -c "$src" -o "$obj" & pids+=($!)
+done
 "$CXX" "${COMMON[@]}" "${EMU[@]}" -c gpu_kernels/emu/tf_emulation_init.cc \
     -o "$TMP/tf_emulation_init.o" & pids+=($!)
 # The TensorFlow side, as the op library builds it, but for the emulation
@@ -99,7 +105,7 @@ if [[ "$fail" != 0 ]]; then echo "build_tf_emulation: compile failed" >&2; exit 
 # TensorFlow's framework library also exports (its CUDA stubs): keep ours
 # private to this library (--exclude-libs) and bind its own calls to itself
 # (-Bsymbolic), so neither side sees the other's.
-ar rcs "$TMP/libtfmh_gpu_emulation.a" "${KERNEL_OBJS[@]}" "$TMP/cuda_emu.o"
+ar rcs "$TMP/libtfmh_gpu_emulation.a" "${KERNEL_OBJS[@]}" "${EMU_OBJS[@]}"
 "$CXX" -shared -o "$TMP/lib.so" "$TMP/tf_emulation_init.o" \
     "$TMP/multihash_kernels_gpu.o" "$TMP/multihash_kernel_base.o" \
     "$TMP/libtfmh_gpu_emulation.a" -Wl,--exclude-libs,libtfmh_gpu_emulation.a \

@@ -6,17 +6,18 @@
 // What it provides:
 //   * The toolkit's host headers for the types (uint4, float4, dim3,
 //     cudaError_t, cudaDeviceProp, ...) and the runtime API declarations;
-//     cuda_emu.cc defines those functions over ordinary host memory ("device"
-//     pointers are host pointers). Every call runs synchronously.
+//     cuda_emu_runtime.cc defines those functions over ordinary host memory
+//     ("device" pointers are host pointers). Every call runs synchronously.
 //   * Kernel qualifiers, threadIdx / blockIdx / blockDim / gridDim, warp
 //     collectives (__shfl*_sync, __ballot_sync, __any_sync, __all_sync,
 //     __match_any_sync, __match_all_sync, __syncwarp), __syncthreads,
 //     atomics, load/store hints and bit intrinsics.
-//   * TFMH_LAUNCH: runs the blocks of a grid one after another (in index
-//     order, or shuffled: ShuffleBlocks / TFMH_EMU_SHUFFLE_BLOCKS); within a
-//     block every thread is a cooperative fiber that gives up the CPU only at
-//     a synchronization point (__syncthreads, a warp collective), so atomics
-//     are plain read-modify-writes. A block that can make no progress (a
+//   * TFMH_LAUNCH (cuda_emu_kernels.cc): runs the blocks of a grid one after
+//     another (in index order, or shuffled: ShuffleBlocks /
+//     TFMH_EMU_SHUFFLE_BLOCKS); within a block every thread is a cooperative
+//     fiber that gives up the CPU only at a synchronization point
+//     (__syncthreads, a warp collective), so atomics are plain
+//     read-modify-writes. A block that can make no progress (a
 //     __syncthreads in divergent code, a collective whose mask names a lane
 //     that exited or waits elsewhere) is reported with the launch's name and
 //     the process aborts.
@@ -48,8 +49,8 @@
 // The toolkit's host headers. cuda_fp16.h and cuda_bf16.h include
 // cuda_runtime_api.h (and with it vector_types.h and driver_types.h) anyway,
 // so the emulation reuses those types and declarations and defines the
-// functions in cuda_emu.cc. They are included before the macros below, which
-// must not reach the toolkit's own code.
+// functions in cuda_emu_runtime.cc. They are included before the macros
+// below, which must not reach the toolkit's own code.
 #include <cuda_runtime_api.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -4,7 +4,8 @@
 // report (deadlocks and collective misuse, run in child processes).
 //
 // Build: g++ -std=c++17 -DTFMH_CUDA_EMULATION -I. -I<cuda>/include
-//        gpu_kernels/emu/cuda_emu_test.cc gpu_kernels/emu/cuda_emu.cc
+//        gpu_kernels/emu/cuda_emu_test.cc gpu_kernels/emu/cuda_emu_runtime.cc
+//        gpu_kernels/emu/cuda_emu_kernels.cc
 // Prints one line per check and "N passed, M failed"; exits 1 on a failure.
 #include "gpu_kernels/cuda_compat.h"
 
