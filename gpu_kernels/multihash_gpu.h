@@ -45,8 +45,13 @@ enum class SortedMerge : int32_t {
 };
 
 struct LaunchOptions {
-  // Ids per batch of the forward kernel when num_tables <= 2: 2, 4 or 8
-  // (any other value means 4, the default).
+  // Ids per batch of the forward kernel when num_tables <= 2. 4, the
+  // default, is the only one in the library: the variants 2 and 8 are
+  // compiled only where TFMH_GPU_TUNING_VARIANTS is defined (device_check.sh
+  // defines it for the standalone test and benchmark; the Bazel build does
+  // not), no GPU measurement having shown them to pay. Elsewhere, and for
+  // any other value, the forward falls back to 4; ForwardBatchUsed says
+  // which one runs.
   int forward_batch = 4;
   // The sorted gradient sorts 64-bit keys even where 32 bits hold every
   // (table, row) key (they are 64-bit anyway where the tables' rows add up
@@ -55,6 +60,11 @@ struct LaunchOptions {
   // Whether kSorted merges equal ids first (see SortedMergesIds).
   SortedMerge sorted_merge = SortedMerge::kAuto;
 };
+
+// The forward batch LaunchLookup runs for these options: options.forward_batch
+// where that variant is compiled in (2 and 8 with TFMH_GPU_TUNING_VARIANTS),
+// else 4.
+int ForwardBatchUsed(const LaunchOptions& options);
 
 // ---------------------------------------------------------------- forward
 // out[i, :] = combine of the rows of ids[i] (n ids, out is n x out_width).

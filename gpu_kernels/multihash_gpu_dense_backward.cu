@@ -19,20 +19,20 @@ namespace {
 
 template <typename Index>
 __global__ void __launch_bounds__(kBlock)
-    MarkKernel(const __grid_constant__ Layout l,
-               const __grid_constant__ KeyOffsets ko,
+    MarkKernel(const __grid_constant__ Layout layout,
+               const __grid_constant__ KeyOffsets key_offsets,
                const Index* __restrict__ ids, int64_t n,
                uint32_t* __restrict__ marks) {
-  const int k = l.num_tables;
+  const int k = layout.num_tables;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
        i < n; i += stride) {
     const Index raw = ids[i];
-    if (!IdInRange(l, raw)) continue;
+    if (!IdInRange(layout, raw)) continue;
     for (int j = 0; j < k; ++j) {
-      uint32_t* m = marks + ko.off[j] +
+      uint32_t* m = marks + key_offsets.off[j] +
                     static_cast<unsigned long long>(
-                        TableRow(l, j, static_cast<int64_t>(raw)));
+                        TableRow(layout, j, static_cast<int64_t>(raw)));
       // Marks only go from 0 to 1, so a stale read costs one more store at
       // worst; skipping the store keeps frequent rows from queueing
       // thousands of writes to one L2 line.
@@ -57,26 +57,27 @@ __global__ void DenseBoundsKernel(const __grid_constant__ BoundTargets targets,
   if (b < num_shards) counts[b] = bounds[b + 1] - bounds[b];
 }
 
-// N floats added atomically at p (4 * N-byte aligned).
+// N floats added atomically at dst (4 * N-byte aligned).
 template <int N>
-__device__ __forceinline__ void AtomicAddFloats(float* p, const float (&a)[N]) {
+__device__ __forceinline__ void AtomicAddFloats(float* dst,
+                                                const float (&vals)[N]) {
   constexpr bool kVector4 = TFMH_VECTOR_ATOMICS && N % 4 == 0;
   constexpr bool kVector2 = TFMH_VECTOR_ATOMICS && N == 2;
   if constexpr (kVector4) {
 #if TFMH_VECTOR_ATOMICS
 #pragma unroll
     for (int e = 0; e < N; e += 4) {
-      atomicAdd(reinterpret_cast<float4*>(p + e),
-                make_float4(a[e], a[e + 1], a[e + 2], a[e + 3]));
+      atomicAdd(reinterpret_cast<float4*>(dst + e),
+                make_float4(vals[e], vals[e + 1], vals[e + 2], vals[e + 3]));
     }
 #endif
   } else if constexpr (kVector2) {
 #if TFMH_VECTOR_ATOMICS
-    atomicAdd(reinterpret_cast<float2*>(p), make_float2(a[0], a[1]));
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(vals[0], vals[1]));
 #endif
   } else {
 #pragma unroll
-    for (int e = 0; e < N; ++e) atomicAdd(p + e, a[e]);
+    for (int e = 0; e < N; ++e) atomicAdd(dst + e, vals[e]);
   }
 }
 
@@ -95,38 +96,42 @@ __device__ __forceinline__ void AtomicAddFloats(float* p, const float (&a)[N]) {
 // one atomic per tile instead of eight.
 template <typename T, int V, int KMAX, int U>
 __global__ void __launch_bounds__(kBlock, 1)
-    DenseScatterKernel(const __grid_constant__ Layout l,
-                       const __grid_constant__ ShardPointers sp,
-                       const __grid_constant__ AccOffsets ao,
+    DenseScatterKernel(const __grid_constant__ Layout layout,
+                       const __grid_constant__ ShardPointers shards,
+                       const __grid_constant__ AccOffsets acc_offsets,
                        const void* __restrict__ ids, int ids64, int64_t n,
                        const char* __restrict__ grad, float* __restrict__ acc,
                        int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const TileLanes tl = MakeTileLanes(log2_group);
-  const int G = tl.G, lane = tl.lane, glane = tl.glane, gid = tl.gid,
-            per_step = tl.per_step;
-  const int k = l.num_tables;
-  const Combine op = l.combine;
-  const int nv_out = l.out_width / N;
-  const int64_t grad_row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+  const TileLanes lanes = MakeTileLanes(log2_group);
+  const int G = lanes.G, lane = lanes.lane, glane = lanes.glane,
+            gid = lanes.gid, per_step = lanes.per_step;
+  const int k = layout.num_tables;
+  const Combine op = layout.combine;
+  const int nv_out = layout.out_width / N;
+  const int64_t grad_row_bytes =
+      static_cast<int64_t>(layout.out_width) * sizeof(T);
 
-  // Contribution of tile slot p (another id with the same row of table j)
+  // Contribution of tile slot `slot` (another id with the same row of table j)
   // to output vector v of table j, added to c: its gradient vector at byte
   // offset `off` of its row, times (mul) its other tables' elements.
-  auto add_peer = [&](int64_t base, int p, int j, int64_t off, float (&c)[N]) {
-    const P gp = LoadPack<T, V>(grad + (base + p) * grad_row_bytes + off);
+  auto add_peer = [&](int64_t base, int slot, int j, int64_t off,
+                      float (&c)[N]) {
+    const P grad_pack =
+        LoadPack<T, V>(grad + (base + slot) * grad_row_bytes + off);
     float f[N];
 #pragma unroll
-    for (int e = 0; e < N; ++e) f[e] = Elem<T>::ToF(gp.e[e]);
+    for (int e = 0; e < N; ++e) f[e] = Elem<T>::ToF(grad_pack.e[e]);
     if (op == Combine::kMul) {
-      const int64_t id = IdAt(ids, ids64, base + p);
+      const int64_t id = IdAt(ids, ids64, base + slot);
 #pragma unroll 1
       for (int t = 0; t < k; ++t) {
         if (t != j) {
           const P x = LoadPack<T, V>(
-              reinterpret_cast<const char*>(RowAddr<T>(l, sp, t, id)) + off);
+              reinterpret_cast<const char*>(RowAddr<T>(layout, shards, t, id)) +
+              off);
 #pragma unroll
           for (int e = 0; e < N; ++e) f[e] *= Elem<T>::ToF(x.e[e]);
         }
@@ -142,16 +147,16 @@ __global__ void __launch_bounds__(kBlock, 1)
     if ((peers & ((1u << slot) - 1u)) != 0u) return;  // an earlier slot adds
     unsigned rest = peers & ~(1u << slot);
     while (rest != 0u) {
-      const int p = __ffs(rest) - 1;
+      const int peer = __ffs(rest) - 1;
       rest &= rest - 1u;
-      add_peer(base, p, j, off, c);
+      add_peer(base, peer, j, off, c);
     }
     AtomicAddFloats<N>(dst, c);
   };
 
-  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
-                                          int64_t id) {
-    const bool ok = i < n && IdInRange(l, id);
+  ForEachTile(lanes, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                             int64_t id) {
+    const bool ok = i < n && IdInRange(layout, id);
     unsigned long long mine[KMAX];      // table rows (mul only)
     unsigned long long mine_acc[KMAX];  // accumulator rows
     unsigned mine_peers[KMAX];          // tile slots with the same row
@@ -162,11 +167,13 @@ __global__ void __launch_bounds__(kBlock, 1)
       mine_peers[j] = 1u << lane;
       if (j < k) {
         if (ok) {
-          const int64_t row = TableRow(l, j, id);
+          const int64_t row = TableRow(layout, j, id);
           mine_acc[j] = reinterpret_cast<unsigned long long>(
-              acc + ao.off[j] + static_cast<unsigned long long>(row) *
-                                    static_cast<unsigned long long>(l.width[j]));
-          if (op == Combine::kMul) mine[j] = TableRowAddr<T>(l, sp, j, row);
+              acc + acc_offsets.off[j] +
+              static_cast<unsigned long long>(row) *
+                  static_cast<unsigned long long>(layout.width[j]));
+          if (op == Combine::kMul)
+            mine[j] = TableRowAddr<T>(layout, shards, j, row);
         }
         // Lanes without an id get keys no accumulator address can equal.
         const unsigned long long key =
@@ -198,36 +205,39 @@ __global__ void __launch_bounds__(kBlock, 1)
       }
       for (int v = glane; v < nv_out; v += G) {
         const int64_t off = static_cast<int64_t>(v) * V;
-        P gv[U];
+        P grad_vecs[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          if (good[u]) gv[u] = LoadPack<T, V>(grad + (base + q[u]) * grad_row_bytes + off);
+          if (good[u])
+            grad_vecs[u] =
+                LoadPack<T, V>(grad + (base + q[u]) * grad_row_bytes + off);
         }
         if (op == Combine::kConcat) {
           // Vector v belongs to the last table whose columns start at or
           // before it (every width is a multiple of N).
-          int jv = 0;
+          int v_table = 0;
 #pragma unroll
           for (int j = 1; j < KMAX; ++j) {
-            if (j < k && v >= l.col_offset[j] / N) jv = j;
+            if (j < k && v >= layout.col_offset[j] / N) v_table = j;
           }
-          const int vl = v - l.col_offset[jv] / N;
+          const int v_in_table = v - layout.col_offset[v_table] / N;
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             if (!good[u]) continue;
             float c[N];
 #pragma unroll
-            for (int e = 0; e < N; ++e) c[e] = Elem<T>::ToF(gv[u].e[e]);
+            for (int e = 0; e < N; ++e) c[e] = Elem<T>::ToF(grad_vecs[u].e[e]);
             unsigned long long dst = 0ull;
-            unsigned pm = 0u;
+            unsigned peer_mask = 0u;
 #pragma unroll
             for (int j = 0; j < KMAX; ++j) {
-              if (j == jv) {
+              if (j == v_table) {
                 dst = accs.a[u][j];
-                pm = peers[u][j];
+                peer_mask = peers[u][j];
               }
             }
-            flush(base, q[u], pm, jv, off, reinterpret_cast<float*>(dst) + vl * N, c);
+            flush(base, q[u], peer_mask, v_table, off,
+                  reinterpret_cast<float*>(dst) + v_in_table * N, c);
           }
           continue;
         }
@@ -253,7 +263,7 @@ __global__ void __launch_bounds__(kBlock, 1)
               float c[N];
 #pragma unroll
               for (int e = 0; e < N; ++e) {
-                c[e] = GradShare<T, V, KMAX>(op, k, j, gv[u], x[u], e);
+                c[e] = GradShare<T, V, KMAX>(op, k, j, grad_vecs[u], x[u], e);
               }
               flush(base, q[u], peers[u][j], j, off,
                     reinterpret_cast<float*>(accs.a[u][j]) + v * N, c);
@@ -270,10 +280,10 @@ __global__ void __launch_bounds__(kBlock, 1)
 // the scan), and its shard-local row to the indices.
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
-    DenseCompactKernel(const __grid_constant__ Layout l,
-                       const __grid_constant__ ShardOutputs so,
-                       const __grid_constant__ KeyOffsets ko,
-                       const __grid_constant__ AccOffsets ao,
+    DenseCompactKernel(const __grid_constant__ Layout layout,
+                       const __grid_constant__ ShardOutputs outputs,
+                       const __grid_constant__ KeyOffsets key_offsets,
+                       const __grid_constant__ AccOffsets acc_offsets,
                        const uint32_t* __restrict__ marks,
                        const uint32_t* __restrict__ incl,
                        const int64_t* __restrict__ bounds,
@@ -281,7 +291,7 @@ __global__ void __launch_bounds__(kBlock)
                        int64_t tiles, int ids64, int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
-  const Group g = MakeGroup(log2_group);
+  const Group group = MakeGroup(log2_group);
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
   const int64_t first =
       (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
@@ -289,125 +299,142 @@ __global__ void __launch_bounds__(kBlock)
     const int64_t key = w / tiles;
     const int t = static_cast<int>(w - key * tiles);
     if (marks[key] == 0u) continue;
-    const RunRef rr = DecodeKey(l, ko, static_cast<unsigned long long>(key));
-    const int j = rr.table;
+    const RunRef run_ref =
+        DecodeKey(layout, key_offsets, static_cast<unsigned long long>(key));
+    const int j = run_ref.table;
     const int64_t out_row =
-        static_cast<int64_t>(incl[key]) - 1 - bounds[rr.shard];
-    if (t == 0 && g.lane == 0) WriteGradIndex(so, rr, out_row, ids64 != 0);
-    const int v = t * g.size + g.lane;
-    if (v >= l.width[j] / N) continue;
-    const int64_t row = static_cast<int64_t>(key - ko.off[j]);
-    float a[N];
-    LoadFloats<N>(acc + ao.off[j] + row * l.width[j] + static_cast<int64_t>(v) * N, a);
-    WriteGradValues<T, V>(l, so, rr, out_row, v, a);
+        static_cast<int64_t>(incl[key]) - 1 - bounds[run_ref.shard];
+    if (t == 0 && group.lane == 0)
+      WriteGradIndex(outputs, run_ref, out_row, ids64 != 0);
+    const int v = t * group.size + group.lane;
+    if (v >= layout.width[j] / N) continue;
+    const int64_t row = static_cast<int64_t>(key - key_offsets.off[j]);
+    float sums[N];
+    LoadFloats<N>(acc + acc_offsets.off[j] + row * layout.width[j] +
+                      static_cast<int64_t>(v) * N,
+                  sums);
+    WriteGradValues<T, V>(layout, outputs, run_ref, out_row, v, sums);
   }
 }
 
 template <typename Index>
-cudaError_t DensePrepareOfIndex(const Layout& l, const DensePlan& p,
-                                const void* ids, char* ws, int64_t* h_counts,
-                                cudaStream_t s) {
-  uint32_t* marks = reinterpret_cast<uint32_t*>(ws + p.marks);
-  uint32_t* incl = reinterpret_cast<uint32_t*>(ws + p.incl);
-  int64_t* bounds = reinterpret_cast<int64_t*>(ws + p.bounds);
-  int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
-  cudaError_t e = cudaMemsetAsync(marks, 0, sizeof(uint32_t) * p.num_keys, s);
+cudaError_t DensePrepareOfIndex(const Layout& layout, const DensePlan& plan,
+                                const void* ids, char* workspace,
+                                int64_t* h_counts, cudaStream_t s) {
+  uint32_t* marks = reinterpret_cast<uint32_t*>(workspace + plan.marks);
+  uint32_t* incl = reinterpret_cast<uint32_t*>(workspace + plan.incl);
+  int64_t* bounds = reinterpret_cast<int64_t*>(workspace + plan.bounds);
+  int64_t* counts = reinterpret_cast<int64_t*>(workspace + plan.counts);
+  cudaError_t e =
+      cudaMemsetAsync(marks, 0, sizeof(uint32_t) * plan.num_keys, s);
   if (e != cudaSuccess) return e;
-  if (p.n > 0) {
-    TFMH_LAUNCH(GridFor(p.n, 0), kBlock, 0, s, MarkKernel<Index>)(
-        l, p.ko, static_cast<const Index*>(ids), p.n, marks);
+  if (plan.n > 0) {
+    TFMH_LAUNCH(GridFor(plan.n, 0), kBlock, 0, s, MarkKernel<Index>)(
+        layout, plan.key_offsets, static_cast<const Index*>(ids), plan.n,
+        marks);
   }
-  size_t cub_bytes = p.cub_bytes;
-  e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, marks, incl,
-                                    static_cast<int>(p.num_keys), s);
+  size_t cub_bytes = plan.cub_bytes;
+  e = cub::DeviceScan::InclusiveSum(workspace + plan.cub, cub_bytes, marks,
+                                    incl, static_cast<int>(plan.num_keys), s);
   if (e != cudaSuccess) return e;
-  TFMH_LAUNCH(1, 128, 0, s, DenseBoundsKernel)(ShardTargets(l, p.ko),
-                                               p.num_shards, incl, bounds,
-                                               counts);
+  TFMH_LAUNCH(1, 128, 0, s, DenseBoundsKernel)(
+      ShardTargets(layout, plan.key_offsets), plan.num_shards, incl, bounds,
+      counts);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * plan.num_shards,
                          cudaMemcpyDeviceToHost, s);
 }
 
 template <typename T, int V>
-void DenseFinishOfType(const Layout& l, const ShardPointers& sp,
-                       const ShardOutputs& so, const DensePlan& p,
-                       const char* ws, const void* ids, bool ids64,
+void DenseFinishOfType(const Layout& layout, const ShardPointers& shards,
+                       const ShardOutputs& outputs, const DensePlan& plan,
+                       const char* workspace, const void* ids, bool ids64,
                        const char* grad, cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
-  float* acc = reinterpret_cast<float*>(const_cast<char*>(ws) + p.acc);
-  if (p.n > 0) {
-    const int lg = GroupLog2(l.out_width / N);
-    const unsigned grid = GridFor((p.n + 31) / 32, 5);  // a warp per 32 ids
-    if (l.num_tables <= 2) {
+  float* acc =
+      reinterpret_cast<float*>(const_cast<char*>(workspace) + plan.acc);
+  if (plan.n > 0) {
+    const int log2_group = GroupLog2(layout.out_width / N);
+    const unsigned grid = GridFor((plan.n + 31) / 32, 5);  // a warp per 32 ids
+    if (layout.num_tables <= 2) {
       TFMH_LAUNCH(grid, kBlock, 0, s, DenseScatterKernel<T, V, 2, 2>)(
-          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, lg);
+          layout, shards, plan.acc_offsets, ids, ids64 ? 1 : 0, plan.n, grad,
+          acc, log2_group);
     } else {
       TFMH_LAUNCH(grid, kBlock, 0, s, DenseScatterKernel<T, V, kMaxTables, 1>)(
-          l, sp, p.ao, ids, ids64 ? 1 : 0, p.n, grad, acc, lg);
+          layout, shards, plan.acc_offsets, ids, ids64 ? 1 : 0, plan.n, grad,
+          acc, log2_group);
     }
   }
   int wmax = 0;
-  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
+  for (int j = 0; j < layout.num_tables; ++j)
+    wmax = std::max(wmax, layout.width[j]);
   const int64_t nv = wmax / N;  // every width is a multiple of N
-  const int lg = GroupLog2(nv);
-  const int64_t tiles = (nv + (1 << lg) - 1) >> lg;
-  TFMH_LAUNCH(GridFor(p.num_keys * tiles, lg), kBlock, 0, s,
+  const int log2_group = GroupLog2(nv);
+  const int64_t tiles = (nv + (1 << log2_group) - 1) >> log2_group;
+  TFMH_LAUNCH(GridFor(plan.num_keys * tiles, log2_group), kBlock, 0, s,
               DenseCompactKernel<T, V>)(
-      l, so, p.ko, p.ao, reinterpret_cast<const uint32_t*>(ws + p.marks),
-      reinterpret_cast<const uint32_t*>(ws + p.incl),
-      reinterpret_cast<const int64_t*>(ws + p.bounds), acc, p.num_keys, tiles,
-      ids64 ? 1 : 0, lg);
+      layout, outputs, plan.key_offsets, plan.acc_offsets,
+      reinterpret_cast<const uint32_t*>(workspace + plan.marks),
+      reinterpret_cast<const uint32_t*>(workspace + plan.incl),
+      reinterpret_cast<const int64_t*>(workspace + plan.bounds), acc,
+      plan.num_keys, tiles, ids64 ? 1 : 0, log2_group);
 }
 
 }  // namespace
 
 // Sum of rows and of accumulator floats (each table's rounded up to 4);
 // false if the keys do not fit CUB's int item count.
-bool DenseSizes(const Layout& l, KeyOffsets* ko, AccOffsets* ao,
-                unsigned long long* keys, unsigned long long* floats) {
+bool DenseSizes(const Layout& layout, KeyOffsets* key_offsets,
+                AccOffsets* acc_offsets, unsigned long long* keys,
+                unsigned long long* floats) {
   unsigned long long r = 0, a = 0;
-  for (int j = 0; j < l.num_tables; ++j) {
-    ko->off[j] = r;
-    ao->off[j] = a;
-    r += static_cast<unsigned long long>(l.rows[j]);
+  for (int j = 0; j < layout.num_tables; ++j) {
+    key_offsets->off[j] = r;
+    acc_offsets->off[j] = a;
+    r += static_cast<unsigned long long>(layout.rows[j]);
     if (r > static_cast<unsigned long long>(INT_MAX)) return false;
-    a += (static_cast<unsigned long long>(l.rows[j]) *
-              static_cast<unsigned long long>(l.width[j]) + 3ull) / 4ull * 4ull;
+    a += (static_cast<unsigned long long>(layout.rows[j]) *
+              static_cast<unsigned long long>(layout.width[j]) +
+          3ull) /
+         4ull * 4ull;
   }
-  for (int j = l.num_tables; j <= kMaxTables; ++j) ko->off[j] = r;
+  for (int j = layout.num_tables; j <= kMaxTables; ++j) key_offsets->off[j] = r;
   *keys = r;
   *floats = a;
   return true;
 }
 
-cudaError_t MakeDensePlan(const Layout& l, int64_t n, DensePlan* p) {
-  if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
-  *p = DensePlan();
-  p->n = n;
-  p->num_shards = l.shard_begin[l.num_tables];
+cudaError_t MakeDensePlan(const Layout& layout, int64_t n, DensePlan* plan) {
+  if (!LayoutOk(layout) || n < 0) return cudaErrorInvalidValue;
+  *plan = DensePlan();
+  plan->n = n;
+  plan->num_shards = layout.shard_begin[layout.num_tables];
   unsigned long long keys = 0;
-  if (!DenseSizes(l, &p->ko, &p->ao, &keys, &p->acc_floats)) {
+  if (!DenseSizes(layout, &plan->key_offsets, &plan->acc_offsets, &keys,
+                  &plan->acc_floats)) {
     return cudaErrorInvalidValue;
   }
-  if (p->acc_floats > (static_cast<unsigned long long>(SIZE_MAX) / 8) / sizeof(float)) {
+  if (plan->acc_floats >
+      (static_cast<unsigned long long>(SIZE_MAX) / 8) / sizeof(float)) {
     return cudaErrorInvalidValue;
   }
-  p->num_keys = static_cast<int64_t>(keys);
+  plan->num_keys = static_cast<int64_t>(keys);
   const size_t r = static_cast<size_t>(keys);
   size_t off = 0;
-  p->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
-  p->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
-  p->marks = off; off += AlignUp(4 * r);
-  p->incl = off; off += AlignUp(4 * r);
+  plan->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
+  plan->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
+  plan->marks = off; off += AlignUp(4 * r);
+  plan->incl = off; off += AlignUp(4 * r);
   cudaError_t e = cub::DeviceScan::InclusiveSum(
-      nullptr, p->cub_bytes, static_cast<const uint32_t*>(nullptr),
+      nullptr, plan->cub_bytes, static_cast<const uint32_t*>(nullptr),
       static_cast<uint32_t*>(nullptr), static_cast<int>(keys));
   if (e != cudaSuccess) return e;
-  p->cub = off; off += AlignUp(std::max<size_t>(p->cub_bytes, 1));
-  p->acc = off; off += AlignUp(sizeof(float) * static_cast<size_t>(p->acc_floats));
-  p->total = off + kAlign;
+  plan->cub = off; off += AlignUp(std::max<size_t>(plan->cub_bytes, 1));
+  plan->acc = off;
+  off += AlignUp(sizeof(float) * static_cast<size_t>(plan->acc_floats));
+  plan->total = off + kAlign;
   return cudaSuccess;
 }
 

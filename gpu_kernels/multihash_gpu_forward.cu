@@ -28,25 +28,26 @@ namespace {
 // the per-lane addresses and row vectors in fewer registers.
 template <typename T, int V, int KMAX, int U>
 __global__ void __launch_bounds__(kBlock)
-    LookupKernel(const __grid_constant__ Layout l,
-                 const __grid_constant__ ShardPointers sp,
+    LookupKernel(const __grid_constant__ Layout layout,
+                 const __grid_constant__ ShardPointers shards,
                  const void* __restrict__ ids, int ids64, int64_t n,
                  char* __restrict__ out, int64_t* __restrict__ first_bad,
                  int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const TileLanes tl = MakeTileLanes(log2_group);
-  const int G = tl.G, glane = tl.glane, gid = tl.gid, per_step = tl.per_step;
-  const int k = l.num_tables;
-  const Combine op = l.combine;
-  const int nv_out = l.out_width / N;
-  const int64_t row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
+  const TileLanes lanes = MakeTileLanes(log2_group);
+  const int G = lanes.G, glane = lanes.glane, gid = lanes.gid,
+            per_step = lanes.per_step;
+  const int k = layout.num_tables;
+  const Combine op = layout.combine;
+  const int nv_out = layout.out_width / N;
+  const int64_t row_bytes = static_cast<int64_t>(layout.out_width) * sizeof(T);
 
-  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
-                                          int64_t id) {
+  ForEachTile(lanes, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                             int64_t id) {
     unsigned long long mine[KMAX];
-    const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
+    const bool ok = LaneRowAddrs<T, KMAX>(layout, shards, i, n, id, mine);
     if (!ok && i < n && first_bad != nullptr) {
       atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
                 static_cast<unsigned long long>(i));
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kBlock)
       TileBatch<U, KMAX> batch;
       ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine,
                               &batch);
-      const auto& a = batch.a;
+      const auto& addrs = batch.a;
       const auto& q = batch.q;
       const auto& valid = batch.valid;
       const auto& good = batch.good;
@@ -72,7 +73,7 @@ __global__ void __launch_bounds__(kBlock)
             for (int j = 0; j < KMAX; ++j) {
               if (good[u] && j < k) {
                 x[u][j] = LoadPack<T, V>(
-                    reinterpret_cast<const char*>(a[u][j]) + off);
+                    reinterpret_cast<const char*>(addrs[u][j]) + off);
               }
             }
           }
@@ -108,12 +109,14 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             if (good[u]) {
-              unsigned long long src = a[u][0] + static_cast<unsigned long long>(off);
+              unsigned long long src =
+                  addrs[u][0] + static_cast<unsigned long long>(off);
 #pragma unroll
               for (int j = 1; j < KMAX; ++j) {
-                const int c0 = l.col_offset[j] / N;
+                const int c0 = layout.col_offset[j] / N;
                 if (j < k && v >= c0) {
-                  src = a[u][j] + static_cast<unsigned long long>(v - c0) * V;
+                  src =
+                      addrs[u][j] + static_cast<unsigned long long>(v - c0) * V;
                 }
               }
               x[u] = LoadPack<T, V>(reinterpret_cast<const char*>(src));
@@ -142,58 +145,51 @@ __global__ void InitFirstBadKernel(int64_t* first_bad) {
 // InitFirstBadKernel runs first).
 template <typename Index>
 __global__ void __launch_bounds__(kBlock)
-    CheckIdsKernel(const __grid_constant__ Layout l,
+    CheckIdsKernel(const __grid_constant__ Layout layout,
                    const Index* __restrict__ ids, int64_t n,
                    int64_t* __restrict__ first_bad) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
        i < n; i += stride) {
-    if (!IdInRange(l, ids[i])) {
+    if (!IdInRange(layout, ids[i])) {
       atomicMin(reinterpret_cast<unsigned long long*>(first_bad),
                 static_cast<unsigned long long>(i));
     }
   }
 }
 
-// Ids per batch (U) of the forward for k <= 2. 4, the default, keeps 8 row
-// loads in flight per lane at 114 registers (f32 on sm_90: two 256-thread
-// blocks per SM, 25% occupancy; ncu on an H200 found DRAM at 72% and L2 at
-// 81% of peak there, neither saturated). 2 needs 64 registers (four blocks
-// per SM) and 8 keeps twice the loads in flight. LaunchOptions::forward_batch
-// = 2 or 8 picks them, so that the benchmark can time all three and the
-// test can check them; the default stays until a GPU run shows another pays.
-int ForwardBatch(const LaunchOptions& options) {
-  if (options.forward_batch == 2) return 2;
-  if (options.forward_batch == 8) return 8;
-  return 4;
-}
-
 template <typename T, int V>
-void LaunchLookupOfType(const Layout& l, const ShardPointers& sp,
+void LaunchLookupOfType(const Layout& layout, const ShardPointers& shards,
                         const void* ids, bool ids64, int64_t n, void* out,
                         int64_t* first_bad, int batch, cudaStream_t s) {
   const int n_vec =
-      static_cast<int>(static_cast<int64_t>(l.out_width) * sizeof(T) / V);
-  const int lg = GroupLog2(n_vec);
+      static_cast<int>(static_cast<int64_t>(layout.out_width) * sizeof(T) / V);
+  const int log2_group = GroupLog2(n_vec);
   const unsigned grid = GridFor((n + 31) / 32, 5);  // one warp per 32 ids
-  if (l.num_tables <= 2) {
+  if (layout.num_tables <= 2) {
     switch (batch) {
+#if defined(TFMH_GPU_TUNING_VARIANTS)
       case 2:
         TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, 2, 2>)(
-            l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+            layout, shards, ids, ids64, n, static_cast<char*>(out), first_bad,
+            log2_group);
         break;
       case 8:
         TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, 2, 8>)(
-            l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+            layout, shards, ids, ids64, n, static_cast<char*>(out), first_bad,
+            log2_group);
         break;
+#endif
       default:
         TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, 2, 4>)(
-            l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+            layout, shards, ids, ids64, n, static_cast<char*>(out), first_bad,
+            log2_group);
         break;
     }
   } else {
     TFMH_LAUNCH(grid, kBlock, 0, s, LookupKernel<T, V, kMaxTables, 2>)(
-        l, sp, ids, ids64, n, static_cast<char*>(out), first_bad, lg);
+        layout, shards, ids, ids64, n, static_cast<char*>(out), first_bad,
+        log2_group);
   }
 }
 
@@ -201,6 +197,22 @@ void LaunchLookupOfType(const Layout& l, const ShardPointers& sp,
 }  // namespace internal
 
 using namespace internal;
+
+// Ids per batch (U) of the forward for k <= 2. 4, the default, keeps 8 row
+// loads in flight per lane at 114 registers (f32 on sm_90: two 256-thread
+// blocks per SM, 25% occupancy; ncu on an H200 found DRAM at 72% and L2 at
+// 81% of peak there, neither saturated). 2 needs 64 registers (four blocks
+// per SM) and 8 keeps twice the loads in flight. They are compiled only with
+// TFMH_GPU_TUNING_VARIANTS (the standalone test checks them, the benchmark
+// times them), so that the library carries no kernel no GPU run has shown
+// to pay; the default stays until one does.
+int ForwardBatchUsed(const LaunchOptions& options) {
+#if defined(TFMH_GPU_TUNING_VARIANTS)
+  if (options.forward_batch == 2) return 2;
+  if (options.forward_batch == 8) return 8;
+#endif
+  return 4;
+}
 
 Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
                     const ShardPointers& shards, const void* d_ids, int64_t n,
@@ -222,7 +234,7 @@ Status LaunchLookup(const Layout& layout, DType dtype, IdType id_type,
   WithTypeAndVector(dtype, vector_bytes, [&](auto t, auto vec) {
     LaunchLookupOfType<typename decltype(t)::type, decltype(vec)::value>(
         layout, shards, d_ids, ids64, n, d_out, d_first_bad,
-        ForwardBatch(options), s);
+        ForwardBatchUsed(options), s);
   });
   return cudaGetLastError();
 }

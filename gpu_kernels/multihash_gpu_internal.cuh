@@ -97,9 +97,9 @@ struct Pack {
 };
 
 template <typename T, int V>
-__device__ __forceinline__ Pack<T, V> LoadPack(const char* p) {
+__device__ __forceinline__ Pack<T, V> LoadPack(const char* src) {
   using W = typename Word<V>::type;
-  const W w = __ldg(reinterpret_cast<const W*>(p));
+  const W w = __ldg(reinterpret_cast<const W*>(src));
   Pack<T, V> r;
   memcpy(&r, &w, V);
   return r;
@@ -107,48 +107,49 @@ __device__ __forceinline__ Pack<T, V> LoadPack(const char* p) {
 
 // Streaming store (output rows are written once; keeps the tables in L2).
 template <typename T, int V>
-__device__ __forceinline__ void StorePack(char* p, const Pack<T, V>& v) {
+__device__ __forceinline__ void StorePack(char* dst, const Pack<T, V>& v) {
   using W = typename Word<V>::type;
   W w;
   memcpy(&w, &v, V);
-  __stcs(reinterpret_cast<W*>(p), w);
+  __stcs(reinterpret_cast<W*>(dst), w);
 }
 
 // N floats (N = 1, 2, 4 or 8), 4*N-byte aligned.
 template <int N>
-__device__ __forceinline__ void LoadFloats(const float* p, float (&a)[N]) {
+__device__ __forceinline__ void LoadFloats(const float* src, float (&vals)[N]) {
   if constexpr (N % 4 == 0) {
 #pragma unroll
     for (int e = 0; e < N; e += 4) {
-      const float4 v = *reinterpret_cast<const float4*>(p + e);
-      a[e] = v.x;
-      a[e + 1] = v.y;
-      a[e + 2] = v.z;
-      a[e + 3] = v.w;
+      const float4 v = *reinterpret_cast<const float4*>(src + e);
+      vals[e] = v.x;
+      vals[e + 1] = v.y;
+      vals[e + 2] = v.z;
+      vals[e + 3] = v.w;
     }
   } else if constexpr (N == 2) {
-    const float2 v = *reinterpret_cast<const float2*>(p);
-    a[0] = v.x;
-    a[1] = v.y;
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    vals[0] = v.x;
+    vals[1] = v.y;
   } else {
 #pragma unroll
-    for (int e = 0; e < N; ++e) a[e] = p[e];
+    for (int e = 0; e < N; ++e) vals[e] = src[e];
   }
 }
 
 template <int N>
-__device__ __forceinline__ void StoreFloats(float* p, const float (&a)[N]) {
+__device__ __forceinline__ void StoreFloats(float* dst,
+                                            const float (&vals)[N]) {
   if constexpr (N % 4 == 0) {
 #pragma unroll
     for (int e = 0; e < N; e += 4) {
-      *reinterpret_cast<float4*>(p + e) =
-          make_float4(a[e], a[e + 1], a[e + 2], a[e + 3]);
+      *reinterpret_cast<float4*>(dst + e) =
+          make_float4(vals[e], vals[e + 1], vals[e + 2], vals[e + 3]);
     }
   } else if constexpr (N == 2) {
-    *reinterpret_cast<float2*>(p) = make_float2(a[0], a[1]);
+    *reinterpret_cast<float2*>(dst) = make_float2(vals[0], vals[1]);
   } else {
 #pragma unroll
-    for (int e = 0; e < N; ++e) p[e] = a[e];
+    for (int e = 0; e < N; ++e) dst[e] = vals[e];
   }
 }
 
@@ -173,21 +174,19 @@ __device__ __forceinline__ Group MakeGroup(int log2_size) {
 // Byte address of table j's row `row` (a table row, not shard-local).
 template <typename T>
 __device__ __forceinline__ unsigned long long TableRowAddr(
-    const Layout& l, const ShardPointers& sp, int j, int64_t row) {
-  const RowRef r = LocateRow(l, j, row);
-  return reinterpret_cast<unsigned long long>(sp.data[r.shard]) +
-         static_cast<unsigned long long>(r.local_row) *
-             (static_cast<unsigned long long>(l.width[j]) * sizeof(T));
+    const Layout& layout, const ShardPointers& shards, int j, int64_t row) {
+  const RowRef row_ref = LocateRow(layout, j, row);
+  return reinterpret_cast<unsigned long long>(shards.data[row_ref.shard]) +
+         static_cast<unsigned long long>(row_ref.local_row) *
+             (static_cast<unsigned long long>(layout.width[j]) * sizeof(T));
 }
 
 // Byte address of table j's row of an in-range id.
 template <typename T>
-__device__ __forceinline__ unsigned long long RowAddr(const Layout& l,
-                                                      const ShardPointers& sp,
-                                                      int j, int64_t id) {
-  return TableRowAddr<T>(l, sp, j, TableRow(l, j, id));
+__device__ __forceinline__ unsigned long long RowAddr(
+    const Layout& layout, const ShardPointers& shards, int j, int64_t id) {
+  return TableRowAddr<T>(layout, shards, j, TableRow(layout, j, id));
 }
-
 
 // ------------------------------------------------------------ tile walk
 // Id i as int64 (ids are int32 or int64; a uniform branch).
@@ -202,14 +201,15 @@ __device__ __forceinline__ int64_t IdAt(const void* ids, bool ids64,
 // addresses (zeros when the id is out of range or past n) and says whether
 // it is in range.
 template <typename T, int KMAX>
-__device__ __forceinline__ bool LaneRowAddrs(const Layout& l,
-                                             const ShardPointers& sp,
+__device__ __forceinline__ bool LaneRowAddrs(const Layout& layout,
+                                             const ShardPointers& shards,
                                              int64_t i, int64_t n, int64_t id,
                                              unsigned long long (&mine)[KMAX]) {
-  const bool ok = i < n && IdInRange(l, id);
+  const bool ok = i < n && IdInRange(layout, id);
 #pragma unroll
   for (int j = 0; j < KMAX; ++j) {
-    mine[j] = (ok && j < l.num_tables) ? RowAddr<T>(l, sp, j, id) : 0ull;
+    mine[j] = (ok && j < layout.num_tables) ? RowAddr<T>(layout, shards, j, id)
+                                            : 0ull;
   }
   return ok;
 }
@@ -323,7 +323,7 @@ struct GradArgs {
   // the merged path's stage 2: the distinct ids' sums, prod_stride = 0).
   const float* prod;
   int64_t prod_stride;
-  KeyOffsets ko;
+  KeyOffsets key_offsets;
 };
 
 __device__ __forceinline__ unsigned long long KeyAt(const void* keys,
@@ -340,40 +340,42 @@ struct RunRef {
   int64_t local_row;
 };
 
-__device__ __forceinline__ RunRef DecodeKey(const Layout& l,
-                                            const KeyOffsets& ko,
+__device__ __forceinline__ RunRef DecodeKey(const Layout& layout,
+                                            const KeyOffsets& key_offsets,
                                             unsigned long long key) {
   int j = 0;
 #pragma unroll
   for (int jj = 1; jj < kMaxTables; ++jj) {
-    if (jj < l.num_tables && key >= ko.off[jj]) j = jj;
+    if (jj < layout.num_tables && key >= key_offsets.off[jj]) j = jj;
   }
-  const RowRef ref = LocateRow(l, j, static_cast<int64_t>(key - ko.off[j]));
+  const RowRef ref =
+      LocateRow(layout, j, static_cast<int64_t>(key - key_offsets.off[j]));
   return RunRef{j, ref.shard, ref.local_row};
 }
 
 // The gradient outputs of one distinct row: its shard-local row in the
 // shard's indices, and (per lane) N summed floats, as T (as float where
-// so.float_values is set), at vector v of its values row.
-__device__ __forceinline__ void WriteGradIndex(const ShardOutputs& so,
-                                               const RunRef& rr,
+// outputs.float_values is set), at vector v of its values row.
+__device__ __forceinline__ void WriteGradIndex(const ShardOutputs& outputs,
+                                               const RunRef& run_ref,
                                                int64_t out_row, bool ids64) {
   if (ids64) {
-    static_cast<int64_t*>(so.indices[rr.shard])[out_row] = rr.local_row;
+    static_cast<int64_t*>(outputs.indices[run_ref.shard])[out_row] =
+        run_ref.local_row;
   } else {
-    static_cast<int32_t*>(so.indices[rr.shard])[out_row] =
-        static_cast<int32_t>(rr.local_row);
+    static_cast<int32_t*>(outputs.indices[run_ref.shard])[out_row] =
+        static_cast<int32_t>(run_ref.local_row);
   }
 }
 
 template <typename T, int V>
 __device__ __forceinline__ void WriteGradValues(
-    const Layout& l, const ShardOutputs& so, const RunRef& rr,
+    const Layout& layout, const ShardOutputs& outputs, const RunRef& run_ref,
     int64_t out_row, int v, const float (&acc)[Pack<T, V>::N]) {
-  if (so.float_values) {
+  if (outputs.float_values) {
     StoreFloats<Pack<T, V>::N>(
-        static_cast<float*>(so.values[rr.shard]) +
-            out_row * static_cast<int64_t>(l.width[rr.table]) +
+        static_cast<float*>(outputs.values[run_ref.shard]) +
+            out_row * static_cast<int64_t>(layout.width[run_ref.table]) +
             static_cast<int64_t>(v) * Pack<T, V>::N,
         acc);
     return;
@@ -381,8 +383,10 @@ __device__ __forceinline__ void WriteGradValues(
   Pack<T, V> o;
 #pragma unroll
   for (int e = 0; e < Pack<T, V>::N; ++e) o.e[e] = Elem<T>::FromF(acc[e]);
-  StorePack<T, V>(static_cast<char*>(so.values[rr.shard]) +
-                      out_row * static_cast<int64_t>(l.width[rr.table]) * sizeof(T) +
+  StorePack<T, V>(static_cast<char*>(outputs.values[run_ref.shard]) +
+                      out_row *
+                          static_cast<int64_t>(layout.width[run_ref.table]) *
+                          sizeof(T) +
                       static_cast<int64_t>(v) * V,
                   o);
 }
@@ -413,8 +417,8 @@ __device__ __forceinline__ float GradShare(Combine op, int k, int j,
 }
 
 // ------------------------------------------------------------ dense backward
-// kDense: every (table, row) pair has a key, key = ko.off[j] + row, as in
-// the sorted path; marks[key] = 1 for the keys of in-range ids, their
+// kDense: every (table, row) pair has a key, key = key_offsets.off[j] + row,
+// as in the sorted path; marks[key] = 1 for the keys of in-range ids, their
 // inclusive scan numbers the distinct rows, and the gradient is summed into
 // a dense float accumulator: table j's row r at floats
 // acc + acc_off[j] + r * width[j].
@@ -484,7 +488,7 @@ struct GradPlan {
   int num_shards = 0;
   bool key64 = false;
   int key_bits = 1;
-  KeyOffsets ko = {};
+  KeyOffsets key_offsets = {};
   int64_t chunk = 1, chunks = 0, wstride = 0;
   // Byte offsets from the 256-aligned workspace base.
   size_t counts = 0, bounds = 0, pos = 0, run_id = 0, keys = 0;
@@ -499,7 +503,8 @@ struct GradPlan {
 // multihash_gpu_sorted_backward.cu; planned in multihash_gpu_launch.cu).
 struct MergedPlan {
   Layout ids_layout;
-  GradPlan s1, s2;   // stage 1 (ids layout, n items), stage 2 (real, uniq)
+  GradPlan stage1,
+      stage2;        // stage 1 (ids layout, n items), stage 2 (real, uniq)
   int64_t uniq = 0;  // rows of uid and usum: min(n, capacity)
   // Byte offsets from the 256-aligned workspace base; each stage's plan is
   // relative to its own base.
@@ -512,8 +517,8 @@ struct DensePlan {
   int64_t n = 0;
   int num_shards = 0;
   int64_t num_keys = 0;  // sum of the tables' rows
-  KeyOffsets ko = {};
-  AccOffsets ao = {};
+  KeyOffsets key_offsets = {};
+  AccOffsets acc_offsets = {};
   unsigned long long acc_floats = 0;
   // Byte offsets from the 256-aligned workspace base.
   size_t counts = 0, bounds = 0, marks = 0, incl = 0, cub = 0, cub_bytes = 0;

@@ -47,12 +47,12 @@ unsigned GridFor(int64_t groups, int log2_group) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(need, cap)));
 }
 
-int ChooseVector(const Layout& l, size_t esz, const void* const* ptrs,
+int ChooseVector(const Layout& layout, size_t esz, const void* const* ptrs,
                  int num_ptrs) {
   for (int v = 16; v > static_cast<int>(esz); v /= 2) {
-    bool ok = (static_cast<int64_t>(l.out_width) * esz) % v == 0;
-    for (int j = 0; ok && j < l.num_tables; ++j) {
-      ok = (static_cast<int64_t>(l.width[j]) * esz) % v == 0;
+    bool ok = (static_cast<int64_t>(layout.out_width) * esz) % v == 0;
+    for (int j = 0; ok && j < layout.num_tables; ++j) {
+      ok = (static_cast<int64_t>(layout.width[j]) * esz) % v == 0;
     }
     for (int q = 0; ok && q < num_ptrs; ++q) ok = Aligned(ptrs[q], v);
     if (ok) return v;
@@ -64,31 +64,34 @@ bool KnownDType(DType d) {
   return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
 }
 
-bool LayoutOk(const Layout& l) {
-  if (l.num_tables < 1 || l.num_tables > kMaxTables) return false;
-  const int S = l.shard_begin[l.num_tables];
-  if (S < l.num_tables || S > kMaxShards || l.out_width <= 0) return false;
-  for (int j = 0; j < l.num_tables; ++j) {
-    if (l.width[j] <= 0 || l.rows[j] <= 0 || l.divisor[j] <= 0) return false;
+bool LayoutOk(const Layout& layout) {
+  if (layout.num_tables < 1 || layout.num_tables > kMaxTables) return false;
+  const int S = layout.shard_begin[layout.num_tables];
+  if (S < layout.num_tables || S > kMaxShards || layout.out_width <= 0)
+    return false;
+  for (int j = 0; j < layout.num_tables; ++j) {
+    if (layout.width[j] <= 0 || layout.rows[j] <= 0 || layout.divisor[j] <= 0)
+      return false;
   }
   return true;
 }
 
-char* AlignedBase(void* ws) {
-  const uintptr_t x = reinterpret_cast<uintptr_t>(ws);
+char* AlignedBase(void* workspace) {
+  const uintptr_t x = reinterpret_cast<uintptr_t>(workspace);
   return reinterpret_cast<char*>((x + kAlign - 1) / kAlign * kAlign);
 }
 
 // First key of every shard; [S] = the sentinel key.
-BoundTargets ShardTargets(const Layout& l, const KeyOffsets& ko) {
+BoundTargets ShardTargets(const Layout& layout, const KeyOffsets& key_offsets) {
   BoundTargets targets = {};
-  const int num_shards = l.shard_begin[l.num_tables];
-  for (int j = 0; j < l.num_tables; ++j) {
-    for (int sh = l.shard_begin[j]; sh < l.shard_begin[j + 1]; ++sh) {
-      targets.key[sh] = ko.off[j] + static_cast<unsigned long long>(l.shard_row[sh]);
+  const int num_shards = layout.shard_begin[layout.num_tables];
+  for (int j = 0; j < layout.num_tables; ++j) {
+    for (int sh = layout.shard_begin[j]; sh < layout.shard_begin[j + 1]; ++sh) {
+      targets.key[sh] = key_offsets.off[j] +
+                        static_cast<unsigned long long>(layout.shard_row[sh]);
     }
   }
-  targets.key[num_shards] = ko.off[l.num_tables];
+  targets.key[num_shards] = key_offsets.off[layout.num_tables];
   return targets;
 }
 
@@ -97,15 +100,15 @@ namespace {
 
 // The one-table layout of the merged path's stage 1, whose rows are the
 // ids themselves (see multihash_gpu_sorted_backward.cu).
-Layout IdsLayout(const Layout& l) {
+Layout IdsLayout(const Layout& layout) {
   Layout r;
   r.num_tables = 1;
   r.combine = Combine::kAdd;
-  r.out_width = l.out_width;
-  r.capacity = l.capacity;
-  r.rows[0] = l.capacity;
+  r.out_width = layout.out_width;
+  r.capacity = layout.capacity;
+  r.rows[0] = layout.capacity;
   r.divisor[0] = 1;
-  r.width[0] = l.out_width;
+  r.width[0] = layout.out_width;
   r.col_offset[0] = 0;
   r.shard_begin[0] = 0;
   r.shard_begin[1] = 1;
@@ -117,20 +120,21 @@ Layout IdsLayout(const Layout& l) {
 // direct path's bytes (see multihash_gpu_sorted_backward.cu; the margin covers its extra sort and
 // launches). LaunchOptions::sorted_merge = kNever or kAlways forces never
 // or always (n > 0, any op), for the standalone test and the benchmark.
-bool MergesIdsFirst(const Layout& l, DType dt, int64_t n, SortedMerge merge) {
-  if (n <= 0 || !LayoutOk(l) || l.capacity <= 0) return false;
+bool MergesIdsFirst(const Layout& layout, DType dt, int64_t n,
+                    SortedMerge merge) {
+  if (n <= 0 || !LayoutOk(layout) || layout.capacity <= 0) return false;
   if (merge == SortedMerge::kNever) return false;
   if (merge == SortedMerge::kAlways) return true;
   // Bytes per output column (the rows' widths cancel out).
-  const int64_t k = l.num_tables;
-  const int64_t u = std::min(n, l.capacity);
+  const int64_t k = layout.num_tables;
+  const int64_t u = std::min(n, layout.capacity);
   const int64_t g = static_cast<int64_t>(ElemSize(dt));  // gradient element
   const int64_t f = static_cast<int64_t>(sizeof(float));
   int64_t direct = 0, merged = 0;
-  if (l.combine == Combine::kAdd) {
+  if (layout.combine == Combine::kAdd) {
     direct = k * n * g;
     merged = n * g + (k + 1) * u * f;
-  } else if (l.combine == Combine::kMul) {
+  } else if (layout.combine == Combine::kMul) {
     direct = n * g + 2 * k * n * f;
     merged = n * g + (2 * k + 2) * u * f;
   } else {
@@ -139,28 +143,30 @@ bool MergesIdsFirst(const Layout& l, DType dt, int64_t n, SortedMerge merge) {
   return 4 * merged <= 3 * direct;
 }
 
-cudaError_t MakeMergedPlan(const Layout& l, IdType id_type, int64_t n,
-                           bool force_key64, MergedPlan* p) {
-  if (!LayoutOk(l) || n <= 0 || l.capacity <= 0) return cudaErrorInvalidValue;
-  *p = MergedPlan();
-  p->ids_layout = IdsLayout(l);
-  p->uniq = std::min(n, l.capacity);
-  cudaError_t e = MakeGradPlan(p->ids_layout, n, force_key64, &p->s1);
+cudaError_t MakeMergedPlan(const Layout& layout, IdType id_type, int64_t n,
+                           bool force_key64, MergedPlan* plan) {
+  if (!LayoutOk(layout) || n <= 0 || layout.capacity <= 0)
+    return cudaErrorInvalidValue;
+  *plan = MergedPlan();
+  plan->ids_layout = IdsLayout(layout);
+  plan->uniq = std::min(n, layout.capacity);
+  cudaError_t e = MakeGradPlan(plan->ids_layout, n, force_key64, &plan->stage1);
   if (e != cudaSuccess) return e;
-  e = MakeGradPlan(l, p->uniq, force_key64, &p->s2);
+  e = MakeGradPlan(layout, plan->uniq, force_key64, &plan->stage2);
   if (e != cudaSuccess) return e;
-  const size_t uniq = static_cast<size_t>(p->uniq);
-  const uint64_t w = static_cast<uint64_t>(l.out_width);
+  const size_t uniq = static_cast<size_t>(plan->uniq);
+  const uint64_t w = static_cast<uint64_t>(layout.out_width);
   if (w > (static_cast<uint64_t>(SIZE_MAX) / 8) / sizeof(float) / uniq) {
     return cudaErrorInvalidValue;  // the workspace size would overflow
   }
   const size_t isz = id_type == IdType::kInt64 ? 8 : 4;
   size_t off = 0;
-  p->s1_base = off; off += AlignUp(p->s1.total);
-  p->uid = off; off += AlignUp(isz * uniq);
-  p->usum = off; off += AlignUp(sizeof(float) * uniq * static_cast<size_t>(w));
-  p->s2_base = off; off += AlignUp(p->s2.total);
-  p->total = off + kAlign;
+  plan->s1_base = off; off += AlignUp(plan->stage1.total);
+  plan->uid = off; off += AlignUp(isz * uniq);
+  plan->usum = off;
+  off += AlignUp(sizeof(float) * uniq * static_cast<size_t>(w));
+  plan->s2_base = off; off += AlignUp(plan->stage2.total);
+  plan->total = off + kAlign;
   return cudaSuccess;
 }
 
@@ -177,31 +183,35 @@ cudaError_t MakeMergedPlan(const Layout& l, IdType id_type, int64_t n,
 constexpr int64_t kDenseMinRows = 64;
 constexpr int64_t kDenseMaxIds = int64_t{1} << 18;
 
-GradAlgorithm ResolveGradAlgorithm(const Layout& l, int64_t n,
+GradAlgorithm ResolveGradAlgorithm(const Layout& layout, int64_t n,
                                    GradAlgorithm requested) {
   if (requested != GradAlgorithm::kAuto) return requested;
-  if (!LayoutOk(l) || n < 0) return GradAlgorithm::kSorted;
-  KeyOffsets ko = {};
-  AccOffsets ao = {};
+  if (!LayoutOk(layout) || n < 0) return GradAlgorithm::kSorted;
+  KeyOffsets key_offsets = {};
+  AccOffsets acc_offsets = {};
   unsigned long long keys = 0, floats = 0;
-  const bool dense_ok = DenseSizes(l, &ko, &ao, &keys, &floats);
-  const bool sorted_ok =
-      n <= static_cast<int64_t>(UINT32_MAX) &&
-      static_cast<int64_t>(l.num_tables) * n <= static_cast<int64_t>(INT_MAX);
+  const bool dense_ok =
+      DenseSizes(layout, &key_offsets, &acc_offsets, &keys, &floats);
+  const bool sorted_ok = n <= static_cast<int64_t>(UINT32_MAX) &&
+                         static_cast<int64_t>(layout.num_tables) * n <=
+                             static_cast<int64_t>(INT_MAX);
   if (!dense_ok) return GradAlgorithm::kSorted;
   if (!sorted_ok) return GradAlgorithm::kDense;
-  int64_t min_rows = l.rows[0];
-  for (int j = 1; j < l.num_tables; ++j) min_rows = std::min(min_rows, l.rows[j]);
+  int64_t min_rows = layout.rows[0];
+  for (int j = 1; j < layout.num_tables; ++j)
+    min_rows = std::min(min_rows, layout.rows[j]);
   const unsigned long long grad_floats =
-      static_cast<unsigned long long>(n) * static_cast<unsigned long long>(l.out_width);
-  const bool pays = l.combine == Combine::kMul || n <= kDenseMaxIds;
+      static_cast<unsigned long long>(n) *
+      static_cast<unsigned long long>(layout.out_width);
+  const bool pays = layout.combine == Combine::kMul || n <= kDenseMaxIds;
   return pays && min_rows >= kDenseMinRows && floats <= grad_floats ? GradAlgorithm::kDense
                                                             : GradAlgorithm::kSorted;
 }
 
-bool KnownAlgorithm(GradAlgorithm a) {
-  return a == GradAlgorithm::kAuto || a == GradAlgorithm::kSorted ||
-         a == GradAlgorithm::kDense;
+bool KnownAlgorithm(GradAlgorithm algorithm) {
+  return algorithm == GradAlgorithm::kAuto ||
+         algorithm == GradAlgorithm::kSorted ||
+         algorithm == GradAlgorithm::kDense;
 }
 
 // The backward's path for these arguments and its workspace plan: the same
@@ -282,18 +292,18 @@ Status LaunchLookupGradPrepare(const Layout& layout, DType dtype,
     return cudaErrorInvalidValue;
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  char* ws = AlignedBase(d_workspace);
+  char* workspace = AlignedBase(d_workspace);
   switch (plan.path) {
     case BackwardPlan::kDense:
-      err = DensePrepare(layout, id_type, plan.dense, d_ids, ws,
+      err = DensePrepare(layout, id_type, plan.dense, d_ids, workspace,
                          h_shard_counts, s);
       break;
     case BackwardPlan::kMerged:
-      err = MergedPrepare(layout, id_type, plan.merged, d_ids, ws,
+      err = MergedPrepare(layout, id_type, plan.merged, d_ids, workspace,
                           h_shard_counts, s);
       break;
     default:
-      err = SortedPrepare(layout, id_type, plan.direct, d_ids, ws,
+      err = SortedPrepare(layout, id_type, plan.direct, d_ids, workspace,
                           h_shard_counts, s);
       break;
   }
@@ -318,7 +328,7 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
   }
   if (n == 0) return cudaGetLastError();
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  char* ws = AlignedBase(d_workspace);
+  char* workspace = AlignedBase(d_workspace);
   const int num_shards = layout.shard_begin[layout.num_tables];
   ShardOutputs outputs = {};
   const void* ptrs[2 * kMaxShards + 1];
@@ -337,7 +347,7 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
 
   if (plan.path == BackwardPlan::kDense) {
     err = DenseFinish(dtype, vector_bytes, layout, shards, outputs, plan.dense,
-                      ws, d_ids, ids64, grad, s);
+                      workspace, d_ids, ids64, grad, s);
     if (err != cudaSuccess) return err;
     return cudaGetLastError();
   }
@@ -346,19 +356,19 @@ Status LaunchLookupGradFinish(const Layout& layout, DType dtype,
     // Stage 1: per distinct id, the float sum of its gradient rows, into
     // usum (its index output rewrites uid with the same ids).
     ShardOutputs distinct_id_sums = {};
-    distinct_id_sums.indices[0] = ws + merged.uid;
-    distinct_id_sums.values[0] = ws + merged.usum;
+    distinct_id_sums.indices[0] = workspace + merged.uid;
+    distinct_id_sums.values[0] = workspace + merged.usum;
     distinct_id_sums.float_values = 1;
     SortedFinish(dtype, vector_bytes, merged.ids_layout, shards,
-                 distinct_id_sums, merged.s1, ws + merged.s1_base, d_ids,
-                 ids64, grad, /*float_grad=*/false, s);
-    // Stage 2: the real tables, from the distinct ids and their sums.
-    SortedFinish(dtype, vector_bytes, layout, shards, outputs, merged.s2,
-                 ws + merged.s2_base, ws + merged.uid, ids64,
-                 ws + merged.usum, /*float_grad=*/true, s);
-  } else {
-    SortedFinish(dtype, vector_bytes, layout, shards, outputs, plan.direct, ws,
+                 distinct_id_sums, merged.stage1, workspace + merged.s1_base,
                  d_ids, ids64, grad, /*float_grad=*/false, s);
+    // Stage 2: the real tables, from the distinct ids and their sums.
+    SortedFinish(dtype, vector_bytes, layout, shards, outputs, merged.stage2,
+                 workspace + merged.s2_base, workspace + merged.uid, ids64,
+                 workspace + merged.usum, /*float_grad=*/true, s);
+  } else {
+    SortedFinish(dtype, vector_bytes, layout, shards, outputs, plan.direct,
+                 workspace, d_ids, ids64, grad, /*float_grad=*/false, s);
   }
   return cudaGetLastError();
 }

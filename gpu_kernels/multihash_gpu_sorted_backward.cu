@@ -35,21 +35,21 @@ namespace {
 
 template <typename Index, typename Key>
 __global__ void __launch_bounds__(kBlock)
-    BuildKeysKernel(const __grid_constant__ Layout l,
-                    const __grid_constant__ KeyOffsets ko,
+    BuildKeysKernel(const __grid_constant__ Layout layout,
+                    const __grid_constant__ KeyOffsets key_offsets,
                     const Index* __restrict__ ids, int64_t n,
                     Key* __restrict__ keys, uint32_t* __restrict__ pos) {
-  const int k = l.num_tables;
+  const int k = layout.num_tables;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
        i < n; i += stride) {
     const Index raw = ids[i];
-    const bool ok = IdInRange(l, raw);
+    const bool ok = IdInRange(layout, raw);
     for (int j = 0; j < k; ++j) {
       const unsigned long long key =
-          ok ? ko.off[j] + static_cast<unsigned long long>(
-                               TableRow(l, j, static_cast<int64_t>(raw)))
-             : ko.off[k];
+          ok ? key_offsets.off[j] + static_cast<unsigned long long>(
+                               TableRow(layout, j, static_cast<int64_t>(raw)))
+             : key_offsets.off[k];
       keys[j * n + i] = static_cast<Key>(key);
       pos[j * n + i] = static_cast<uint32_t>(i);
     }
@@ -125,27 +125,28 @@ __global__ void __launch_bounds__(kBlock)
 // kFloatGrad: the gradient rows are floats (the merged path's sums), not T.
 template <typename T, int V, int KMAX, int U, bool kFloatGrad = false>
 __global__ void __launch_bounds__(kBlock)
-    MulPartialKernel(const __grid_constant__ Layout l,
-                     const __grid_constant__ ShardPointers sp,
+    MulPartialKernel(const __grid_constant__ Layout layout,
+                     const __grid_constant__ ShardPointers shards,
                      const void* __restrict__ ids, int ids64, int64_t n,
                      const char* __restrict__ grad, float* __restrict__ prod,
                      int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
   constexpr unsigned kFull = 0xffffffffu;
-  const TileLanes tl = MakeTileLanes(log2_group);
-  const int G = tl.G, glane = tl.glane, gid = tl.gid, per_step = tl.per_step;
-  const int k = l.num_tables;
-  const Combine op = l.combine;
-  const int64_t W = l.out_width;  // = width of every table (mul)
+  const TileLanes lanes = MakeTileLanes(log2_group);
+  const int G = lanes.G, glane = lanes.glane, gid = lanes.gid,
+            per_step = lanes.per_step;
+  const int k = layout.num_tables;
+  const Combine op = layout.combine;
+  const int64_t W = layout.out_width;  // = width of every table (mul)
   const int nv = static_cast<int>(W / N);
   const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
   const int64_t table_stride = n * W;  // floats of one P_j
 
-  ForEachTile(tl, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
-                                          int64_t id) {
+  ForEachTile(lanes, ids, ids64 != 0, n, [&](int64_t base, int64_t i,
+                                             int64_t id) {
     unsigned long long mine[KMAX];
-    const bool ok = LaneRowAddrs<T, KMAX>(l, sp, i, n, id, mine);
+    const bool ok = LaneRowAddrs<T, KMAX>(layout, shards, i, n, id, mine);
     const unsigned ok_mask = __ballot_sync(kFull, ok);
     const int cnt = static_cast<int>(min(int64_t{32}, n - base));
 
@@ -153,13 +154,13 @@ __global__ void __launch_bounds__(kBlock)
       TileBatch<U, KMAX> batch;
       ShareTileBatch<U, KMAX>(s0, per_step, gid, cnt, ok_mask, k, mine,
                               &batch);
-      const auto& a = batch.a;
+      const auto& addrs = batch.a;
       const auto& q = batch.q;
       const auto& valid = batch.valid;
       const auto& good = batch.good;
       for (int v = glane; v < nv; v += G) {
         const int64_t off = static_cast<int64_t>(v) * V;
-        float gv[U][N];
+        float grad_vals[U][N];
         P x[U][KMAX];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -167,17 +168,18 @@ __global__ void __launch_bounds__(kBlock)
             if constexpr (kFloatGrad) {
               LoadFloats<N>(reinterpret_cast<const float*>(grad) +
                                 (base + q[u]) * W + static_cast<int64_t>(v) * N,
-                            gv[u]);
+                            grad_vals[u]);
             } else {
               const P g = LoadPack<T, V>(grad + (base + q[u]) * row_bytes + off);
 #pragma unroll
-              for (int e = 0; e < N; ++e) gv[u][e] = Elem<T>::ToF(g.e[e]);
+              for (int e = 0; e < N; ++e)
+                grad_vals[u][e] = Elem<T>::ToF(g.e[e]);
             }
 #pragma unroll
             for (int j = 0; j < KMAX; ++j) {
               if (j < k) {
                 x[u][j] = LoadPack<T, V>(
-                    reinterpret_cast<const char*>(a[u][j]) + off);
+                    reinterpret_cast<const char*>(addrs[u][j]) + off);
               }
             }
           }
@@ -192,7 +194,8 @@ __global__ void __launch_bounds__(kBlock)
               float o[N];
 #pragma unroll
               for (int e = 0; e < N; ++e) {
-                o[e] = good[u] ? GradShareF<T, V, KMAX>(op, k, j, gv[u][e], x[u], e)
+                o[e] = good[u] ? GradShareF<T, V, KMAX>(
+                                     op, k, j, grad_vals[u][e], x[u], e)
                                : 0.f;
               }
               StoreFloats<N>(dst + j * table_stride, o);
@@ -209,57 +212,60 @@ __global__ void __launch_bounds__(kBlock)
 // else the table's columns of the incoming gradient (add and concat).
 template <typename T, int V, bool kProd>
 __global__ void __launch_bounds__(kBlock)
-    GradReduceKernel(const __grid_constant__ Layout l,
-                     const __grid_constant__ ShardOutputs so,
-                     const __grid_constant__ GradArgs a, int log2_group) {
+    GradReduceKernel(const __grid_constant__ Layout layout,
+                     const __grid_constant__ ShardOutputs outputs,
+                     const __grid_constant__ GradArgs args, int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
-  const Group g = MakeGroup(log2_group);
+  const Group group = MakeGroup(log2_group);
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
   const int64_t first =
       (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
-  const int k = l.num_tables;
+  const int k = layout.num_tables;
   constexpr int kB = kBatch;
-  const int num_shards = l.shard_begin[k];
-  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
-  const int64_t grad_row_bytes = static_cast<int64_t>(l.out_width) * sizeof(T);
-  const int64_t prod_w = l.out_width;
-  const uint32_t* __restrict__ run_id = a.run_id;
-  const uint32_t* __restrict__ pos = a.pos;
+  const int num_shards = layout.shard_begin[k];
+  const uint32_t valid_runs = static_cast<uint32_t>(args.bounds[num_shards]);
+  const int64_t grad_row_bytes =
+      static_cast<int64_t>(layout.out_width) * sizeof(T);
+  const int64_t prod_w = layout.out_width;
+  const uint32_t* __restrict__ run_id = args.run_id;
+  const uint32_t* __restrict__ pos = args.pos;
 
-  for (int64_t w = first; w < a.chunks * a.tiles; w += groups) {
-    const int64_t c = w / a.tiles;
-    const int t = static_cast<int>(w - c * a.tiles);
-    const int64_t base = c * a.chunk;
-    const int64_t end = min(base + a.chunk, a.m);
-    const int v = t * g.size + g.lane;  // vector index within a table row
+  for (int64_t w = first; w < args.chunks * args.tiles; w += groups) {
+    const int64_t c = w / args.tiles;
+    const int t = static_cast<int>(w - c * args.tiles);
+    const int64_t base = c * args.chunk;
+    const int64_t end = min(base + args.chunk, args.m);
+    const int v =
+        t * group.size + group.lane;  // vector index within a table row
     uint32_t r = run_id[base];
     if (r > valid_runs) continue;  // only out-of-range ids from here on
     const bool head_before = base > 0 && run_id[base - 1] == r;
     int64_t i = base;
     while (true) {
-      const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, i));
-      const int j = rr.table;
-      const bool active = v < l.width[j] / N;
+      const RunRef run_ref =
+          DecodeKey(layout, args.key_offsets, KeyAt(args.keys, args.key64, i));
+      const int j = run_ref.table;
+      const bool active = v < layout.width[j] / N;
       const int64_t col_bytes =
-          static_cast<int64_t>(l.col_offset[j]) * sizeof(T) +
+          static_cast<int64_t>(layout.col_offset[j]) * sizeof(T) +
           static_cast<int64_t>(v) * V;
       // P_j of position p, this lane's N columns.
       const float* prod_j =
-          kProd ? a.prod + static_cast<int64_t>(j) * a.prod_stride +
-                      l.col_offset[j] + static_cast<int64_t>(v) * N
+          kProd ? args.prod + static_cast<int64_t>(j) * args.prod_stride +
+                      layout.col_offset[j] + static_cast<int64_t>(v) * N
                 : nullptr;
       float acc[N];
 #pragma unroll
       for (int e = 0; e < N; ++e) acc[e] = 0.f;
       const int64_t seg_start = i;
       while (i < end) {
-        uint32_t rid[kB], p[kB];
+        uint32_t rid[kB], item_pos[kB];
 #pragma unroll
         for (int u = 0; u < kB; ++u) {
           const bool in = i + u < end;
           rid[u] = in ? run_id[i + u] : 0u;
-          p[u] = in ? pos[i + u] : 0u;
+          item_pos[u] = in ? pos[i + u] : 0u;
         }
         int taken = 0;
         if constexpr (kProd) {
@@ -267,7 +273,8 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
           for (int u = 0; u < kB; ++u) {
             if (active && rid[u] == r) {
-              LoadFloats<N>(prod_j + static_cast<int64_t>(p[u]) * prod_w, pv[u]);
+              LoadFloats<N>(prod_j + static_cast<int64_t>(item_pos[u]) * prod_w,
+                            pv[u]);
             }
           }
 #pragma unroll
@@ -281,12 +288,14 @@ __global__ void __launch_bounds__(kBlock)
             }
           }
         } else {
-          P gv[kB];
+          P grad_vecs[kB];
 #pragma unroll
           for (int u = 0; u < kB; ++u) {
             if (active && rid[u] == r) {
-              gv[u] = LoadPack<T, V>(a.grad + static_cast<int64_t>(p[u]) * grad_row_bytes +
-                                     col_bytes);
+              grad_vecs[u] = LoadPack<T, V>(args.grad +
+                                            static_cast<int64_t>(item_pos[u]) *
+                                                grad_row_bytes +
+                                            col_bytes);
             }
           }
 #pragma unroll
@@ -295,7 +304,8 @@ __global__ void __launch_bounds__(kBlock)
               ++taken;
               if (active) {
 #pragma unroll
-                for (int e = 0; e < N; ++e) acc[e] += Elem<T>::ToF(gv[u].e[e]);
+                for (int e = 0; e < N; ++e)
+                  acc[e] += Elem<T>::ToF(grad_vecs[u].e[e]);
               }
             }
           }
@@ -305,18 +315,20 @@ __global__ void __launch_bounds__(kBlock)
       }
       // Flush the segment [seg_start, i) of run r.
       const bool starts_before = seg_start == base && head_before;
-      const bool continues = i == end && end < a.m && run_id[end] == r;
-      const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
-      if (!starts_before && t == 0 && g.lane == 0) {
-        WriteGradIndex(so, rr, out_row, a.ids64 != 0);
+      const bool continues = i == end && end < args.m && run_id[end] == r;
+      const int64_t out_row =
+          static_cast<int64_t>(r - 1) - args.bounds[run_ref.shard];
+      if (!starts_before && t == 0 && group.lane == 0) {
+        WriteGradIndex(outputs, run_ref, out_row, args.ids64 != 0);
       }
       if (active) {
         if (!starts_before && !continues) {
-          WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
+          WriteGradValues<T, V>(layout, outputs, run_ref, out_row, v, acc);
         } else {
           const int64_t slot = 2 * c + (starts_before ? 0 : 1);
-          StoreFloats<N>(a.partials + slot * a.wstride + static_cast<int64_t>(v) * N,
-                         acc);
+          StoreFloats<N>(
+              args.partials + slot * args.wstride + static_cast<int64_t>(v) * N,
+              acc);
         }
       }
       if (i >= end) break;
@@ -333,17 +345,17 @@ __global__ void __launch_bounds__(kBlock)
 // many partials for one group to add one after another; GradFixupKernel
 // takes the others and GradLongFixupKernel, with a block each, the long ones.
 constexpr int64_t kLongRunChunks = 64;
-__device__ __forceinline__ uint32_t OwnedCrossingRun(const GradArgs& a,
+__device__ __forceinline__ uint32_t OwnedCrossingRun(const GradArgs& args,
                                                      uint32_t valid_runs,
                                                      int64_t c, bool* long_run) {
-  const int64_t base = c * a.chunk;
-  const int64_t end = min(base + a.chunk, a.m);
-  if (end >= a.m) return 0;
-  const uint32_t r = a.run_id[end - 1];
-  if (r > valid_runs || a.run_id[end] != r) return 0;
-  if (base > 0 && a.run_id[base - 1] == r) return 0;  // not the run's owner
+  const int64_t base = c * args.chunk;
+  const int64_t end = min(base + args.chunk, args.m);
+  if (end >= args.m) return 0;
+  const uint32_t r = args.run_id[end - 1];
+  if (r > valid_runs || args.run_id[end] != r) return 0;
+  if (base > 0 && args.run_id[base - 1] == r) return 0;  // not the run's owner
   const int64_t probe = c + 1 + kLongRunChunks;
-  *long_run = probe < a.chunks && a.run_id[probe * a.chunk] == r;
+  *long_run = probe < args.chunks && args.run_id[probe * args.chunk] == r;
   return r;
 }
 
@@ -352,43 +364,45 @@ __device__ __forceinline__ uint32_t OwnedCrossingRun(const GradArgs& a,
 // following chunks' head partials in order and writes the run's values.
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
-    GradFixupKernel(const __grid_constant__ Layout l,
-                    const __grid_constant__ ShardOutputs so,
-                    const __grid_constant__ GradArgs a, int log2_group) {
+    GradFixupKernel(const __grid_constant__ Layout layout,
+                    const __grid_constant__ ShardOutputs outputs,
+                    const __grid_constant__ GradArgs args, int log2_group) {
   using P = Pack<T, V>;
   constexpr int N = P::N;
-  const Group g = MakeGroup(log2_group);
+  const Group group = MakeGroup(log2_group);
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlock >> log2_group);
   const int64_t first =
       (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) >> log2_group;
-  const int num_shards = l.shard_begin[l.num_tables];
-  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
-  const uint32_t* __restrict__ run_id = a.run_id;
+  const int num_shards = layout.shard_begin[layout.num_tables];
+  const uint32_t valid_runs = static_cast<uint32_t>(args.bounds[num_shards]);
+  const uint32_t* __restrict__ run_id = args.run_id;
 
-  for (int64_t w = first; w < a.chunks * a.tiles; w += groups) {
-    const int64_t c = w / a.tiles;
-    const int t = static_cast<int>(w - c * a.tiles);
+  for (int64_t w = first; w < args.chunks * args.tiles; w += groups) {
+    const int64_t c = w / args.tiles;
+    const int t = static_cast<int>(w - c * args.tiles);
     bool long_run = false;
-    const uint32_t r = OwnedCrossingRun(a, valid_runs, c, &long_run);
+    const uint32_t r = OwnedCrossingRun(args, valid_runs, c, &long_run);
     if (r == 0 || long_run) continue;
-    const int64_t end = (c + 1) * a.chunk;  // < m: the run goes on
-    const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
-    const int j = rr.table;
-    const int v = t * g.size + g.lane;
-    if (v >= l.width[j] / N) continue;
+    const int64_t end = (c + 1) * args.chunk;  // < m: the run goes on
+    const RunRef run_ref = DecodeKey(layout, args.key_offsets,
+                                     KeyAt(args.keys, args.key64, end - 1));
+    const int j = run_ref.table;
+    const int v = t * group.size + group.lane;
+    if (v >= layout.width[j] / N) continue;
     const int64_t col = static_cast<int64_t>(v) * N;
     float acc[N];
-    LoadFloats<N>(a.partials + (2 * c + 1) * a.wstride + col, acc);
+    LoadFloats<N>(args.partials + (2 * c + 1) * args.wstride + col, acc);
     for (int64_t c2 = c + 1;; ++c2) {
       float h[N];
-      LoadFloats<N>(a.partials + (2 * c2) * a.wstride + col, h);
+      LoadFloats<N>(args.partials + (2 * c2) * args.wstride + col, h);
 #pragma unroll
       for (int e = 0; e < N; ++e) acc[e] += h[e];
-      const int64_t e2 = min((c2 + 1) * a.chunk, a.m);
-      if (e2 >= a.m || run_id[e2] != r) break;
+      const int64_t e2 = min((c2 + 1) * args.chunk, args.m);
+      if (e2 >= args.m || run_id[e2] != r) break;
     }
-    const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
-    WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
+    const int64_t out_row =
+        static_cast<int64_t>(r - 1) - args.bounds[run_ref.shard];
+    WriteGradValues<T, V>(layout, outputs, run_ref, out_row, v, acc);
   }
 }
 
@@ -405,51 +419,53 @@ __global__ void __launch_bounds__(kBlock)
 // count).
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
-    GradLongFixupKernel(const __grid_constant__ Layout l,
-                        const __grid_constant__ ShardOutputs so,
-                        const __grid_constant__ GradArgs a) {
+    GradLongFixupKernel(const __grid_constant__ Layout layout,
+                        const __grid_constant__ ShardOutputs outputs,
+                        const __grid_constant__ GradArgs args) {
   constexpr int N = Pack<T, V>::N;
   TFMH_DYNAMIC_SHARED(smem);
   float* lane_sum = reinterpret_cast<float*>(smem);
   int* owners = reinterpret_cast<int*>(smem + kBlock * N * sizeof(float));
   int* num_owners = owners + kBlock;
   const int tid = threadIdx.x;
-  const int num_shards = l.shard_begin[l.num_tables];
-  const uint32_t valid_runs = static_cast<uint32_t>(a.bounds[num_shards]);
-  const uint32_t* __restrict__ run_id = a.run_id;
+  const int num_shards = layout.shard_begin[layout.num_tables];
+  const uint32_t valid_runs = static_cast<uint32_t>(args.bounds[num_shards]);
+  const uint32_t* __restrict__ run_id = args.run_id;
   for (int64_t batch = static_cast<int64_t>(blockIdx.x) * kBlock;
-       batch < a.chunks; batch += static_cast<int64_t>(gridDim.x) * kBlock) {
+       batch < args.chunks; batch += static_cast<int64_t>(gridDim.x) * kBlock) {
     if (tid == 0) *num_owners = 0;
     __syncthreads();
     const int64_t c = batch + tid;
     bool long_run = false;
-    if (c < a.chunks && OwnedCrossingRun(a, valid_runs, c, &long_run) != 0 &&
-        long_run) {
+    if (c < args.chunks &&
+        OwnedCrossingRun(args, valid_runs, c, &long_run) != 0 && long_run) {
       owners[atomicAdd(num_owners, 1)] = tid;  // any order: owners are independent
     }
     __syncthreads();
     const int total = *num_owners;
     for (int o = 0; o < total; ++o) {
       const int64_t oc = batch + owners[o];
-      const int64_t end = (oc + 1) * a.chunk;  // < m: the run goes on
+      const int64_t end = (oc + 1) * args.chunk;  // < m: the run goes on
       const uint32_t r = run_id[end - 1];
       // span = chunks after oc whose first item is in run r (at least
       // kLongRunChunks + 1), found kBlock chunks at a time.
       int64_t span = 0;
       while (true) {
         const int64_t h = oc + 1 + span + tid;
-        const int in = h < a.chunks && run_id[h * a.chunk] == r;
+        const int in = h < args.chunks && run_id[h * args.chunk] == r;
         const int got = __syncthreads_count(in);
         span += got;
         if (got < kBlock) break;
       }
-      const RunRef rr = DecodeKey(l, a.ko, KeyAt(a.keys, a.key64, end - 1));
-      const int nv = l.width[rr.table] / N;
+      const RunRef run_ref = DecodeKey(layout, args.key_offsets,
+                                       KeyAt(args.keys, args.key64, end - 1));
+      const int nv = layout.width[run_ref.table] / N;
       int lgv = 0;
       while (lgv < 5 && (1 << lgv) < nv) ++lgv;
       const int VT = 1 << lgv, CL = kBlock / VT;
       const int vt = tid & (VT - 1), cl = tid >> lgv;
-      const int64_t out_row = static_cast<int64_t>(r - 1) - a.bounds[rr.shard];
+      const int64_t out_row =
+          static_cast<int64_t>(r - 1) - args.bounds[run_ref.shard];
       for (int v0 = 0; v0 < nv; v0 += VT) {
         const int v = v0 + vt;
         const int64_t col = static_cast<int64_t>(v) * N;
@@ -459,7 +475,7 @@ __global__ void __launch_bounds__(kBlock)
         if (v < nv) {
           for (int64_t h = oc + 1 + cl; h <= oc + span; h += CL) {
             float x[N];
-            LoadFloats<N>(a.partials + (2 * h) * a.wstride + col, x);
+            LoadFloats<N>(args.partials + (2 * h) * args.wstride + col, x);
 #pragma unroll
             for (int e = 0; e < N; ++e) s[e] += x[e];
           }
@@ -468,14 +484,14 @@ __global__ void __launch_bounds__(kBlock)
         __syncthreads();
         if (cl == 0 && v < nv) {
           float acc[N];
-          LoadFloats<N>(a.partials + (2 * oc + 1) * a.wstride + col, acc);
+          LoadFloats<N>(args.partials + (2 * oc + 1) * args.wstride + col, acc);
           for (int q = 0; q < CL; ++q) {
             float x[N];
             LoadFloats<N>(lane_sum + static_cast<int64_t>(q * VT + vt) * N, x);
 #pragma unroll
             for (int e = 0; e < N; ++e) acc[e] += x[e];
           }
-          WriteGradValues<T, V>(l, so, rr, out_row, v, acc);
+          WriteGradValues<T, V>(layout, outputs, run_ref, out_row, v, acc);
         }
         __syncthreads();
       }
@@ -493,226 +509,243 @@ int64_t ChunkFor(int64_t m) {
 
 }  // namespace
 
-cudaError_t MakeGradPlan(const Layout& l, int64_t n, bool force_key64,
-                         GradPlan* p) {
-  if (!LayoutOk(l) || n < 0) return cudaErrorInvalidValue;
+cudaError_t MakeGradPlan(const Layout& layout, int64_t n, bool force_key64,
+                         GradPlan* plan) {
+  if (!LayoutOk(layout) || n < 0) return cudaErrorInvalidValue;
   // Positions are uint32 and CUB item counts int.
   if (n > static_cast<int64_t>(UINT32_MAX) ||
-      static_cast<int64_t>(l.num_tables) * n > static_cast<int64_t>(INT_MAX)) {
+      static_cast<int64_t>(layout.num_tables) * n >
+          static_cast<int64_t>(INT_MAX)) {
     return cudaErrorInvalidValue;
   }
-  *p = GradPlan();
-  p->n = n;
-  p->m = static_cast<int64_t>(l.num_tables) * n;
-  p->num_shards = l.shard_begin[l.num_tables];
+  *plan = GradPlan();
+  plan->n = n;
+  plan->m = static_cast<int64_t>(layout.num_tables) * n;
+  plan->num_shards = layout.shard_begin[layout.num_tables];
   unsigned long long r = 0;
-  for (int j = 0; j < l.num_tables; ++j) {
-    p->ko.off[j] = r;
-    r += static_cast<unsigned long long>(l.rows[j]);
+  for (int j = 0; j < layout.num_tables; ++j) {
+    plan->key_offsets.off[j] = r;
+    r += static_cast<unsigned long long>(layout.rows[j]);
   }
-  for (int j = l.num_tables; j <= kMaxTables; ++j) p->ko.off[j] = r;
+  for (int j = layout.num_tables; j <= kMaxTables; ++j)
+    plan->key_offsets.off[j] = r;
   // Sum of table rows above 2^32 - 1 needs 64-bit sort keys;
   // LaunchOptions::force_key64 forces them (for the standalone test).
-  p->key64 = r > 0xffffffffull || force_key64;
-  p->key_bits = 1;
-  while (p->key_bits < 64 && (r >> p->key_bits) != 0) ++p->key_bits;
+  plan->key64 = r > 0xffffffffull || force_key64;
+  plan->key_bits = 1;
+  while (plan->key_bits < 64 && (r >> plan->key_bits) != 0) ++plan->key_bits;
   int wmax = 0;
-  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
-  p->wstride = (wmax + 7) / 8 * 8;
-  p->chunk = ChunkFor(p->m);
-  p->chunks = (p->m + p->chunk - 1) / p->chunk;
+  for (int j = 0; j < layout.num_tables; ++j)
+    wmax = std::max(wmax, layout.width[j]);
+  plan->wstride = (wmax + 7) / 8 * 8;
+  plan->chunk = ChunkFor(plan->m);
+  plan->chunks = (plan->m + plan->chunk - 1) / plan->chunk;
 
-  const size_t m = static_cast<size_t>(p->m);
-  const size_t ksz = p->key64 ? 8 : 4;
+  const size_t m = static_cast<size_t>(plan->m);
+  const size_t ksz = plan->key64 ? 8 : 4;
   size_t off = 0;
-  p->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
-  p->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
-  p->pos = off; off += AlignUp(4 * m);
-  p->run_id = off; off += AlignUp(4 * m);
-  p->keys = off; off += AlignUp(ksz * m);
-  p->temp = off;
+  plan->counts = off; off += AlignUp(sizeof(int64_t) * kMaxShards);
+  plan->bounds = off; off += AlignUp(sizeof(int64_t) * (kMaxShards + 1));
+  plan->pos = off; off += AlignUp(4 * m);
+  plan->run_id = off; off += AlignUp(4 * m);
+  plan->keys = off; off += AlignUp(ksz * m);
+  plan->temp = off;
   size_t t = off;
-  p->keys_in = t; t += AlignUp(ksz * m);  // the head flags after the sort
-  p->pos_in = t; t += AlignUp(4 * m);
-  p->cub = t;
-  if (p->m > 0) {
-    const int items = static_cast<int>(p->m);
+  plan->keys_in = t; t += AlignUp(ksz * m);  // the head flags after the sort
+  plan->pos_in = t; t += AlignUp(4 * m);
+  plan->cub = t;
+  if (plan->m > 0) {
+    const int items = static_cast<int>(plan->m);
     size_t sort_bytes = 0, scan_bytes = 0;
     cudaError_t e;
-    if (p->key64) {
+    if (plan->key64) {
       e = cub::DeviceRadixSort::SortPairs(
           nullptr, sort_bytes, static_cast<const unsigned long long*>(nullptr),
           static_cast<unsigned long long*>(nullptr),
           static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-          items, 0, p->key_bits);
+          items, 0, plan->key_bits);
     } else {
       e = cub::DeviceRadixSort::SortPairs(
           nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
           static_cast<uint32_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
-          static_cast<uint32_t*>(nullptr), items, 0, p->key_bits);
+          static_cast<uint32_t*>(nullptr), items, 0, plan->key_bits);
     }
     if (e != cudaSuccess) return e;
     e = cub::DeviceScan::InclusiveSum(nullptr, scan_bytes,
                                       static_cast<const uint32_t*>(nullptr),
                                       static_cast<uint32_t*>(nullptr), items);
     if (e != cudaSuccess) return e;
-    p->cub_bytes = std::max(sort_bytes, scan_bytes);
+    plan->cub_bytes = std::max(sort_bytes, scan_bytes);
   }
-  t += AlignUp(std::max<size_t>(p->cub_bytes, 1));
-  p->partials = off;
+  t += AlignUp(std::max<size_t>(plan->cub_bytes, 1));
+  plan->partials = off;
   const size_t partial_bytes =
-      AlignUp(sizeof(float) * 2 * static_cast<size_t>(p->chunks) *
-              static_cast<size_t>(p->wstride));
+      AlignUp(sizeof(float) * 2 * static_cast<size_t>(plan->chunks) *
+              static_cast<size_t>(plan->wstride));
   // Mul: P_j[i] for every table j and position i, out_width floats each
   // (k * n * out_width floats), after the partials. Like the partials it
   // only lives in phase 2, so it reuses the phase 1 temporaries.
   size_t prod_bytes = 0;
-  if (l.combine == Combine::kMul) {
-    const uint64_t w = static_cast<uint64_t>(l.out_width);
-    if (p->m > 0 &&
+  if (layout.combine == Combine::kMul) {
+    const uint64_t w = static_cast<uint64_t>(layout.out_width);
+    if (plan->m > 0 &&
         w > (static_cast<uint64_t>(SIZE_MAX) / 8) / sizeof(float) / m) {
       return cudaErrorInvalidValue;  // the workspace size would overflow
     }
     prod_bytes = AlignUp(sizeof(float) * m * static_cast<size_t>(w));
   }
-  p->prod = off + partial_bytes;
-  p->total = std::max(t, off + partial_bytes + prod_bytes) + kAlign;
+  plan->prod = off + partial_bytes;
+  plan->total = std::max(t, off + partial_bytes + prod_bytes) + kAlign;
   return cudaSuccess;
 }
 
 namespace {
 
 template <typename Index, typename Key>
-cudaError_t SortedPrepareWithKeys(const Layout& l, const GradPlan& p,
-                                  const void* ids, char* ws, int64_t* h_counts,
-                                  cudaStream_t s) {
-  Key* keys_in = reinterpret_cast<Key*>(ws + p.keys_in);
-  Key* keys = reinterpret_cast<Key*>(ws + p.keys);
-  uint32_t* pos_in = reinterpret_cast<uint32_t*>(ws + p.pos_in);
-  uint32_t* pos = reinterpret_cast<uint32_t*>(ws + p.pos);
-  uint32_t* flags = reinterpret_cast<uint32_t*>(ws + p.keys_in);
-  uint32_t* run_id = reinterpret_cast<uint32_t*>(ws + p.run_id);
-  int64_t* bounds = reinterpret_cast<int64_t*>(ws + p.bounds);
-  int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
-  const int items = static_cast<int>(p.m);
-  const unsigned grid_n = GridFor(p.n, 0);
+cudaError_t SortedPrepareWithKeys(const Layout& layout, const GradPlan& plan,
+                                  const void* ids, char* workspace,
+                                  int64_t* h_counts, cudaStream_t s) {
+  Key* keys_in = reinterpret_cast<Key*>(workspace + plan.keys_in);
+  Key* keys = reinterpret_cast<Key*>(workspace + plan.keys);
+  uint32_t* pos_in = reinterpret_cast<uint32_t*>(workspace + plan.pos_in);
+  uint32_t* pos = reinterpret_cast<uint32_t*>(workspace + plan.pos);
+  uint32_t* flags = reinterpret_cast<uint32_t*>(workspace + plan.keys_in);
+  uint32_t* run_id = reinterpret_cast<uint32_t*>(workspace + plan.run_id);
+  int64_t* bounds = reinterpret_cast<int64_t*>(workspace + plan.bounds);
+  int64_t* counts = reinterpret_cast<int64_t*>(workspace + plan.counts);
+  const int items = static_cast<int>(plan.m);
+  const unsigned grid_n = GridFor(plan.n, 0);
   TFMH_LAUNCH(grid_n, kBlock, 0, s, BuildKeysKernel<Index, Key>)(
-      l, p.ko, static_cast<const Index*>(ids), p.n, keys_in, pos_in);
-  size_t cub_bytes = p.cub_bytes;
+      layout, plan.key_offsets, static_cast<const Index*>(ids), plan.n, keys_in,
+      pos_in);
+  size_t cub_bytes = plan.cub_bytes;
   cudaError_t e = cub::DeviceRadixSort::SortPairs(
-      ws + p.cub, cub_bytes, keys_in, keys, pos_in, pos, items, 0, p.key_bits,
-      s);
+      workspace + plan.cub, cub_bytes, keys_in, keys, pos_in, pos, items, 0,
+      plan.key_bits, s);
   if (e != cudaSuccess) return e;
-  TFMH_LAUNCH(GridFor(p.m, 0), kBlock, 0, s, HeadFlagsKernel<Key>)(keys, p.m, flags);
-  cub_bytes = p.cub_bytes;
-  e = cub::DeviceScan::InclusiveSum(ws + p.cub, cub_bytes, flags, run_id,
-                                    items, s);
+  TFMH_LAUNCH(GridFor(plan.m, 0), kBlock, 0, s, HeadFlagsKernel<Key>)(
+      keys, plan.m, flags);
+  cub_bytes = plan.cub_bytes;
+  e = cub::DeviceScan::InclusiveSum(workspace + plan.cub, cub_bytes, flags,
+                                    run_id, items, s);
   if (e != cudaSuccess) return e;
-  TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(ShardTargets(l, p.ko), p.num_shards, keys, p.m,
-                                           run_id, bounds, counts);
+  TFMH_LAUNCH(1, 128, 0, s, ShardBoundsKernel<Key>)(
+      ShardTargets(layout, plan.key_offsets), plan.num_shards, keys, plan.m,
+      run_id, bounds, counts);
   e = cudaGetLastError();
   if (e != cudaSuccess || h_counts == nullptr) return e;
-  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+  return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * plan.num_shards,
                          cudaMemcpyDeviceToHost, s);
 }
 
 // SortedPrepareWithKeys for either key width; the m == 0 case only writes
 // zero counts.
 template <typename Index>
-cudaError_t SortedPrepareOfIndex(const Layout& l, const GradPlan& p,
-                                 const void* ids, char* ws, int64_t* h_counts,
-                                 cudaStream_t s) {
-  if (p.m == 0) {
-    int64_t* counts = reinterpret_cast<int64_t*>(ws + p.counts);
-    cudaError_t e = cudaMemsetAsync(counts, 0, sizeof(int64_t) * p.num_shards, s);
+cudaError_t SortedPrepareOfIndex(const Layout& layout, const GradPlan& plan,
+                                 const void* ids, char* workspace,
+                                 int64_t* h_counts, cudaStream_t s) {
+  if (plan.m == 0) {
+    int64_t* counts = reinterpret_cast<int64_t*>(workspace + plan.counts);
+    cudaError_t e =
+        cudaMemsetAsync(counts, 0, sizeof(int64_t) * plan.num_shards, s);
     if (e != cudaSuccess || h_counts == nullptr) return e;
-    return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * p.num_shards,
+    return cudaMemcpyAsync(h_counts, counts, sizeof(int64_t) * plan.num_shards,
                            cudaMemcpyDeviceToHost, s);
   }
-  return p.key64
-             ? SortedPrepareWithKeys<Index, unsigned long long>(l, p, ids, ws,
-                                                                h_counts, s)
-             : SortedPrepareWithKeys<Index, uint32_t>(l, p, ids, ws, h_counts,
-                                                      s);
+  return plan.key64 ? SortedPrepareWithKeys<Index, unsigned long long>(
+                       layout, plan, ids, workspace, h_counts, s)
+                 : SortedPrepareWithKeys<Index, uint32_t>(
+                       layout, plan, ids, workspace, h_counts, s);
 }
 
-// MulPartialKernel; float_grad: a.grad holds float rows. Only 2-byte tables
+// MulPartialKernel; float_grad: args.grad holds float rows. Only 2-byte tables
 // need a second kernel for that (for float tables it is the same kernel).
 template <typename T, int V, int KMAX, int U>
 void LaunchMulPartial(unsigned grid, cudaStream_t s, bool float_grad,
-                      const Layout& l, const ShardPointers& sp,
-                      const GradArgs& a, float* prod, int log2_group) {
+                      const Layout& layout, const ShardPointers& shards,
+                      const GradArgs& args, float* prod, int log2_group) {
   constexpr bool kHalf = sizeof(T) == 2;
   if (kHalf && float_grad) {
     TFMH_LAUNCH(grid, kBlock, 0, s, MulPartialKernel<T, V, KMAX, U, kHalf>)(
-        l, sp, a.ids, a.ids64, a.n, a.grad, prod, log2_group);
+        layout, shards, args.ids, args.ids64, args.n, args.grad, prod,
+        log2_group);
   } else {
     TFMH_LAUNCH(grid, kBlock, 0, s, MulPartialKernel<T, V, KMAX, U>)(
-        l, sp, a.ids, a.ids64, a.n, a.grad, prod, log2_group);
+        layout, shards, args.ids, args.ids64, args.n, args.grad, prod,
+        log2_group);
   }
 }
 
-// float_grad: a.grad holds float rows of out_width (the merged path's
+// float_grad: args.grad holds float rows of out_width (the merged path's
 // stage 2), read through the kProd path whatever T is.
 template <typename T, int V>
-void SortedFinishOfType(const Layout& l, const ShardPointers& sp,
-                        const ShardOutputs& so, GradArgs a, float* prod,
+void SortedFinishOfType(const Layout& layout, const ShardPointers& shards,
+                        const ShardOutputs& outputs, GradArgs args, float* prod,
                         bool float_grad, cudaStream_t s) {
   constexpr int N = V / static_cast<int>(sizeof(T));
   int wmax = 0;
-  for (int j = 0; j < l.num_tables; ++j) wmax = std::max(wmax, l.width[j]);
+  for (int j = 0; j < layout.num_tables; ++j)
+    wmax = std::max(wmax, layout.width[j]);
   const int64_t nv = wmax / N;  // every width is a multiple of N
-  const int lg = GroupLog2(nv);
-  a.tiles = (nv + (1 << lg) - 1) >> lg;
-  const unsigned grid = GridFor(a.chunks * a.tiles, lg);
-  if (l.combine == Combine::kMul) {
-    const int lgp = GroupLog2(l.out_width / N);
-    const unsigned grid_p = GridFor((a.n + 31) / 32, 5);  // a warp per 32 ids
-    if (l.num_tables <= 2) {
-      LaunchMulPartial<T, V, 2, 4>(grid_p, s, float_grad, l, sp, a, prod, lgp);
+  const int log2_group = GroupLog2(nv);
+  args.tiles = (nv + (1 << log2_group) - 1) >> log2_group;
+  const unsigned grid = GridFor(args.chunks * args.tiles, log2_group);
+  if (layout.combine == Combine::kMul) {
+    const int lgp = GroupLog2(layout.out_width / N);
+    const unsigned grid_p =
+        GridFor((args.n + 31) / 32, 5);  // a warp per 32 ids
+    if (layout.num_tables <= 2) {
+      LaunchMulPartial<T, V, 2, 4>(grid_p, s, float_grad, layout, shards, args,
+                                   prod, lgp);
     } else {
-      LaunchMulPartial<T, V, kMaxTables, 1>(grid_p, s, float_grad, l, sp, a, prod, lgp);
+      LaunchMulPartial<T, V, kMaxTables, 1>(grid_p, s, float_grad, layout,
+                                            shards, args, prod, lgp);
     }
-    a.prod = prod;
-    a.prod_stride = a.n * l.out_width;
-    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
+    args.prod = prod;
+    args.prod_stride = args.n * layout.out_width;
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(
+        layout, outputs, args, log2_group);
   } else if (float_grad) {
-    a.prod = reinterpret_cast<const float*>(a.grad);
-    a.prod_stride = 0;
-    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(l, so, a, lg);
+    args.prod = reinterpret_cast<const float*>(args.grad);
+    args.prod_stride = 0;
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, true>)(
+        layout, outputs, args, log2_group);
   } else {
-    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, false>)(l, so, a, lg);
+    TFMH_LAUNCH(grid, kBlock, 0, s, GradReduceKernel<T, V, false>)(
+        layout, outputs, args, log2_group);
   }
-  TFMH_LAUNCH(grid, kBlock, 0, s, GradFixupKernel<T, V>)(l, so, a, lg);
-  const int64_t batches = (a.chunks + kBlock - 1) / kBlock;
+  TFMH_LAUNCH(grid, kBlock, 0, s, GradFixupKernel<T, V>)(layout, outputs, args,
+                                                         log2_group);
+  const int64_t batches = (args.chunks + kBlock - 1) / kBlock;
   const unsigned grid_long = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(batches, NumSMs() * 4)));
   TFMH_LAUNCH(grid_long, kBlock, kBlock * (N * sizeof(float) + sizeof(int)) + sizeof(int),
-              s, GradLongFixupKernel<T, V>)(l, so, a);
+              s, GradLongFixupKernel<T, V>)(layout, outputs, args);
 }
 
-// Phase 2 arguments of a (stage's) plan whose workspace starts at ws.
-GradArgs SortedGradArgs(const GradPlan& p, char* ws, const void* ids,
+// Phase 2 arguments of a (stage's) plan whose workspace starts at
+// `workspace`.
+GradArgs SortedGradArgs(const GradPlan& plan, char* workspace, const void* ids,
                         bool ids64, const char* grad) {
-  GradArgs a = {};
-  a.ids = ids;
-  a.ids64 = ids64 ? 1 : 0;
-  a.grad = grad;
-  a.n = p.n;
-  a.m = p.m;
-  a.chunk = p.chunk;
-  a.chunks = p.chunks;
-  a.keys = ws + p.keys;
-  a.key64 = p.key64 ? 1 : 0;
-  a.pos = reinterpret_cast<const uint32_t*>(ws + p.pos);
-  a.run_id = reinterpret_cast<const uint32_t*>(ws + p.run_id);
-  a.bounds = reinterpret_cast<const int64_t*>(ws + p.bounds);
-  a.partials = reinterpret_cast<float*>(ws + p.partials);
-  a.wstride = p.wstride;
-  a.ko = p.ko;
-  a.prod = nullptr;  // SortedFinishOfType sets it (mul, or a float gradient)
-  a.prod_stride = 0;
-  return a;
+  GradArgs args = {};
+  args.ids = ids;
+  args.ids64 = ids64 ? 1 : 0;
+  args.grad = grad;
+  args.n = plan.n;
+  args.m = plan.m;
+  args.chunk = plan.chunk;
+  args.chunks = plan.chunks;
+  args.keys = workspace + plan.keys;
+  args.key64 = plan.key64 ? 1 : 0;
+  args.pos = reinterpret_cast<const uint32_t*>(workspace + plan.pos);
+  args.run_id = reinterpret_cast<const uint32_t*>(workspace + plan.run_id);
+  args.bounds = reinterpret_cast<const int64_t*>(workspace + plan.bounds);
+  args.partials = reinterpret_cast<float*>(workspace + plan.partials);
+  args.wstride = plan.wstride;
+  args.key_offsets = plan.key_offsets;
+  args.prod = nullptr;  // SortedFinishOfType sets it (mul, or a float gradient)
+  args.prod_stride = 0;
+  return args;
 }
 
 // ------------------------------------------------- sorted, ids merged first
@@ -741,22 +774,26 @@ GradArgs SortedGradArgs(const GradPlan& p, char* ws, const void* ids,
 //   concat: direct n * G (each table reads only its columns): not merged.
 
 template <typename Index>
-cudaError_t MergedPrepareOfIndex(const Layout& l, const MergedPlan& p,
-                                 const void* ids, char* ws, int64_t* h_counts,
-                                 cudaStream_t s) {
-  char* stage1_ws = ws + p.s1_base;
-  cudaError_t e = SortedPrepareOfIndex<Index>(p.ids_layout, p.s1, ids, stage1_ws, nullptr, s);
+cudaError_t MergedPrepareOfIndex(const Layout& layout, const MergedPlan& plan,
+                                 const void* ids, char* workspace,
+                                 int64_t* h_counts, cudaStream_t s) {
+  char* stage1_ws = workspace + plan.s1_base;
+  cudaError_t e = SortedPrepareOfIndex<Index>(plan.ids_layout, plan.stage1, ids,
+                                              stage1_ws, nullptr, s);
   if (e != cudaSuccess) return e;
-  Index* distinct_ids = reinterpret_cast<Index*>(ws + p.uid);
-  e = cudaMemsetAsync(distinct_ids, 0xff, sizeof(Index) * static_cast<size_t>(p.uniq), s);
+  Index* distinct_ids = reinterpret_cast<Index*>(workspace + plan.uid);
+  e = cudaMemsetAsync(distinct_ids, 0xff,
+                      sizeof(Index) * static_cast<size_t>(plan.uniq), s);
   if (e != cudaSuccess) return e;  // all bits set: -1, out of range
-  TFMH_LAUNCH(GridFor(p.s1.m, 0), kBlock, 0, s, DistinctIdsKernel<Index>)(
-      stage1_ws + p.s1.keys, p.s1.key64 ? 1 : 0,
-      reinterpret_cast<const uint32_t*>(stage1_ws + p.s1.run_id), p.s1.m, l.capacity,
-      distinct_ids);
+  TFMH_LAUNCH(GridFor(plan.stage1.m, 0), kBlock, 0, s,
+              DistinctIdsKernel<Index>)(
+      stage1_ws + plan.stage1.keys, plan.stage1.key64 ? 1 : 0,
+      reinterpret_cast<const uint32_t*>(stage1_ws + plan.stage1.run_id),
+      plan.stage1.m, layout.capacity, distinct_ids);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  return SortedPrepareOfIndex<Index>(l, p.s2, distinct_ids, ws + p.s2_base, h_counts, s);
+  return SortedPrepareOfIndex<Index>(layout, plan.stage2, distinct_ids,
+                                     workspace + plan.s2_base, h_counts, s);
 }
 
 }  // namespace

@@ -183,7 +183,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
   void Compute(OpKernelContext* ctx) override {
     ResolvedTables tables;
     OP_REQUIRES_OK(ctx, ResolveTables(ctx, &tables));
-    const tfmh::Layout& l = tables.layout();
+    const tfmh::Layout& layout = tables.layout();
     const Tensor& grad = ctx->input(0);
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
     const int64_t n = ids.NumElements();
@@ -200,7 +200,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
       int64_t* d_first_bad = first_bad.flat<int64_t>().data();
       OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
                                        tfmh::gpu::LaunchCheckIds(
-                                           l, id_type, ids.data(), n,
+                                           layout, id_type, ids.data(), n,
                                            d_first_bad, stream.handle())));
       int64_t* h_first_bad = first_bad_host.flat<int64_t>().data();
       OP_REQUIRES_OK(ctx, stream.CopyToHost(h_first_bad, d_first_bad,
@@ -213,12 +213,12 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
         OP_REQUIRES_OK(ctx, stream.CopyToHost(&bad_id, d_bad, sizeof(Index)));
         OP_REQUIRES_OK(ctx, stream.Wait());
         ctx->CtxFailure(
-            OutOfRangeError(l, position, static_cast<int64_t>(bad_id)));
+            OutOfRangeError(layout, position, static_cast<int64_t>(bad_id)));
         return;
       }
     }
-    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, l, grad, ids));
-    const int num_shards = l.shard_begin[l.num_tables];
+    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, layout, grad, ids));
+    const int num_shards = layout.shard_begin[layout.num_tables];
 
     // Phase 1 finds the distinct rows of every shard; their counts size the
     // outputs, so they come back to the host before phase 2. With
@@ -228,14 +228,13 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     const tfmh::gpu::GradAlgorithm algorithm =
         OpDeterminismRequired() ? tfmh::gpu::GradAlgorithm::kSorted
                                 : tfmh::gpu::GradAlgorithm::kAuto;
-    const size_t ws_bytes =
-        tfmh::gpu::LookupGradWorkspaceBytes(l, GpuDType<T>::value, id_type, n,
-                                            algorithm, options_);
+    const size_t ws_bytes = tfmh::gpu::LookupGradWorkspaceBytes(
+        layout, GpuDType<T>::value, id_type, n, algorithm, options_);
     if (ws_bytes == 0) {
       int64_t rows = 0;
-      for (int j = 0; j < l.num_tables; ++j) rows += l.rows[j];
+      for (int j = 0; j < layout.num_tables; ++j) rows += layout.rows[j];
       ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(
-          "the GPU gradient cannot sum ", n, " ids over ", l.num_tables,
+          "the GPU gradient cannot sum ", n, " ids over ", layout.num_tables,
           " tables of ", rows,
           " rows in all: the deterministic algorithm takes at most 2^32 - 1 "
           "ids and k * ids <= 2^31 - 1, the other at most 2^31 - 1 rows")));
@@ -250,7 +249,7 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
     int64_t* h_counts = counts.flat<int64_t>().data();
     OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
                                      tfmh::gpu::LaunchLookupGradPrepare(
-                                         l, GpuDType<T>::value, id_type,
+                                         layout, GpuDType<T>::value, id_type,
                                          ids.data(), n, workspace.data(),
                                          ws_bytes, h_counts, stream.handle(),
                                          algorithm, options_)));
@@ -258,22 +257,23 @@ class MultiHashLookupGradGpuOp : public MultiHashKernelBase {
 
     void* indices[tfmh::kMaxShards] = {};
     void* values[tfmh::kMaxShards] = {};
-    for (int j = 0; j < l.num_tables; ++j) {
-      for (int s = l.shard_begin[j]; s < l.shard_begin[j + 1]; ++s) {
+    for (int j = 0; j < layout.num_tables; ++j) {
+      for (int s = layout.shard_begin[j]; s < layout.shard_begin[j + 1]; ++s) {
         Tensor* idx = nullptr;
         Tensor* val = nullptr;
         OP_REQUIRES_OK(ctx, ctx->allocate_output(
                                 s, TensorShape({h_counts[s]}), &idx));
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                                num_shards + s,
-                                TensorShape({h_counts[s], l.width[j]}), &val));
+        OP_REQUIRES_OK(ctx,
+                       ctx->allocate_output(
+                           num_shards + s,
+                           TensorShape({h_counts[s], layout.width[j]}), &val));
         indices[s] = idx->data();
         values[s] = val->data();
       }
     }
     OP_REQUIRES_OK(ctx, LaunchStatus("MultiHashLookupGrad",
                                      tfmh::gpu::LaunchLookupGradFinish(
-                                         l, GpuDType<T>::value, id_type,
+                                         layout, GpuDType<T>::value, id_type,
                                          PointersOf(tables), ids.data(),
                                          grad.data(), n, workspace.data(),
                                          ws_bytes, indices, values,

@@ -174,6 +174,19 @@ double MedianMs(cudaStream_t s, F&& f) {
 }  // namespace
 
 int main() {
+  // The forward-batch columns time the variants 2 and 8, which only a build
+  // with TFMH_GPU_TUNING_VARIANTS has (else they would time 4 again).
+  for (int batch : {2, 8}) {
+    tfmh::gpu::LaunchOptions options;
+    options.forward_batch = batch;
+    if (tfmh::gpu::ForwardBatchUsed(options) != batch) {
+      std::fprintf(stderr,
+                   "forward_batch %d is not compiled in: build with "
+                   "-DTFMH_GPU_TUNING_VARIANTS (device_check.sh does)\n",
+                   batch);
+      return 2;
+    }
+  }
   int dev = 0;
   CUDA_OK(cudaGetDevice(&dev));
   cudaDeviceProp prop;

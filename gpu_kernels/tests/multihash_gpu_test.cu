@@ -228,6 +228,11 @@ std::string RunCase(const Tables& t, IdType it, const std::vector<int64_t>& ids,
   auto forward = [&](int batch) -> std::string {
     LaunchOptions options;
     options.forward_batch = batch;
+    if (tfmh::gpu::ForwardBatchUsed(options) != batch) {
+      return "forward_batch " + std::to_string(batch) + " runs " +
+             std::to_string(tfmh::gpu::ForwardBatchUsed(options)) +
+             ": build with -DTFMH_GPU_TUNING_VARIANTS (device_check.sh does)";
+    }
     const size_t out_elems = static_cast<size_t>(n) * W;
     DeviceBuf d_out((out_elems + kGuard) * es);
     DeviceBuf d_first_bad(sizeof(int64_t));
