@@ -84,6 +84,7 @@ def build(cfg, variants, with_train=True):
   dtype = tf.as_dtype(cfg["dtype"])
   rng = np.random.default_rng(1234)
   targets = {}
+  stages = {}
   with graph.as_default():
     ids_np = make_ids(cfg, rng)
     # Ids live in a variable (read in place), not a graph constant or a feed.
@@ -100,16 +101,40 @@ def build(cfg, variants, with_train=True):
     q_tab, r_tab = mh.tables
     rows_r = mh.dims[1][0]
 
-    def train_of(out, var_list):
+    # A stored upstream gradient, for timing each backward on its own.
+    upstream = tf.compat.v1.get_variable(
+        "upstream",
+        initializer=tf.cast(
+            tf.random.stateless_normal([cfg["B"], cfg["D"]], seed=[1, 2]),
+            dtype,
+        ),
+        trainable=False,
+        use_resource=True,
+    ).read_value()
+    stages["read"] = tf.reduce_sum(upstream).op
+
+    def ops_of(grads):
+      return [
+          g.values.op if isinstance(g, tf.IndexedSlices) else g.op
+          for g in grads
+      ]
+
+    def train_of(name, out, var_list):
       loss = tf.reduce_sum(tf.square(tf.cast(out, tf.float32)))
       opt = tf.compat.v1.train.AdagradOptimizer(0.01)
-      return opt.minimize(loss, var_list=var_list)
+      grads = opt.compute_gradients(loss, var_list=var_list)
+      stages[name + "_loss"] = loss.op
+      stages[name + "_grad"] = ops_of([g for g, _ in grads])
+      stages[name + "_bwd"] = ops_of(
+          tf.gradients(out, var_list, grad_ys=upstream)
+      )
+      return opt.apply_gradients(grads)
 
     if "fused" in variants:
       out = tfmh.embedding_lookup(mh, ids_t)
       targets["fused"] = (
           out.op,
-          train_of(out, [q_tab, r_tab]) if with_train else None,
+          train_of("fused", out, [q_tab, r_tab]) if with_train else None,
       )
     if "stock" in variants:
       q = ids_t // rows_r
@@ -124,7 +149,7 @@ def build(cfg, variants, with_train=True):
         out = tf.concat([eq, er], axis=-1)
       targets["stock"] = (
           out.op,
-          train_of(out, [q_tab, r_tab]) if with_train else None,
+          train_of("stock", out, [q_tab, r_tab]) if with_train else None,
       )
     if "full" in variants:
       full = tf.compat.v1.get_variable(
@@ -135,7 +160,10 @@ def build(cfg, variants, with_train=True):
           use_resource=True,
       )
       out = tf.gather(full, ids_t)
-      targets["full"] = (out.op, train_of(out, [full]) if with_train else None)
+      targets["full"] = (
+          out.op,
+          train_of("full", out, [full]) if with_train else None,
+      )
     if "copy" in variants:
       src = tf.compat.v1.get_variable(
           "copy_src",
@@ -150,7 +178,7 @@ def build(cfg, variants, with_train=True):
     init = tf.compat.v1.global_variables_initializer()
   sess = tf.compat.v1.Session(graph=graph)
   sess.run(init)
-  return sess, targets
+  return sess, targets, stages
 
 
 def interleaved(sess, ops, rounds, warmup=2):
@@ -184,7 +212,7 @@ def run_config(cfg, rounds, with_train=True):
   full_bytes = 2 * 10**6 * cfg["D"] * tf.as_dtype(cfg["dtype"]).size
   if full_bytes <= FULL_TABLE_LIMIT_BYTES and cfg["V"] == 10**6:
     variants.insert(2, "full")
-  sess, targets = build(cfg, variants, with_train)
+  sess, targets, stages = build(cfg, variants, with_train)
   n = rounds_for(cfg, rounds)
   res = {"config": dict(cfg), "rounds": n, "fwd_ms": {}, "train_ms": {}}
   fwd = interleaved(sess, {k: v[0] for k, v in targets.items()}, n)
@@ -194,6 +222,24 @@ def run_config(cfg, rounds, with_train=True):
         sess, {k: v[1] for k, v in targets.items() if v[1] is not None}, n
     )
     res["train_ms"] = {k: 1e3 * v for k, v in tr.items()}
+    # The train step's stages, cumulative (forward + loss, + backward), and
+    # each backward alone from a stored upstream gradient next to one read
+    # of that gradient, all interleaved.
+    st = interleaved(sess, stages, n)
+    res["stage_ms"] = {k: 1e3 * v for k, v in st.items()}
+    # The backward's floor: one read of the upstream gradient (measured)
+    # plus the write of the summed rows (at the same bandwidth).
+    ids = make_ids(cfg, np.random.default_rng(1234))
+    (rows_q, width), (rows_r, _) = qr_dims(cfg)
+    del rows_q
+    summed_rows = len(np.unique(ids // rows_r)) + len(np.unique(ids % rows_r))
+    grad_elems = cfg["B"] * cfg["D"]
+    res["summed_rows"] = summed_rows
+    res["floor_ms"] = (
+        res["stage_ms"]["read"]
+        * (grad_elems + summed_rows * width)
+        / grad_elems
+    )
     # After the sparse updates every table variable is in copy-on-read mode;
     # a whole-table copy on read would show here.
     after = interleaved(sess, {"fused": targets["fused"][0]}, n)
@@ -254,6 +300,39 @@ def markdown(results):
   return "\n".join(lines)
 
 
+def breakdown(results):
+  """The train step stage by stage, and the backward against its floor."""
+  lines = [
+      "| config | variant | forward ms | loss ms | backward ms | apply ms | "
+      "train step ms | backward alone ms | floor ms | backward alone / "
+      "floor |",
+      "|" + "---|" * 10,
+  ]
+  for r in results:
+    st, t, f = r.get("stage_ms", {}), r["train_ms"], r["fwd_ms"]
+    for v in ("fused", "stock", "full"):
+      if v + "_grad" not in st:
+        continue
+      loss, grad = st[v + "_loss"], st[v + "_grad"]
+      bwd = st[v + "_bwd"]
+      lines.append(
+          "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+          % (
+              label(r["config"]),
+              v,
+              fmt(f.get(v)),
+              fmt(loss - f.get(v)),
+              fmt(grad - loss),
+              fmt(t.get(v) - grad),
+              fmt(t.get(v)),
+              fmt(bwd),
+              fmt(r["floor_ms"]),
+              fmt(ratio(bwd, r["floor_ms"])),
+          )
+      )
+  return "\n".join(lines)
+
+
 def memory_table(d=64, dtype_size=4):
   rows = []
   lines = [
@@ -302,6 +381,12 @@ def sweep_configs():
   vary(dtype="bfloat16")
   vary(V=10**8)
   vary(V=10**8, dist="uniform")
+  # 51 MB of small tables (rows_Q = rows_R = 1e5 at D = 64, float32).
+  vary(V=10**10)
+  vary(V=10**10, dist="uniform")
+  vary(V=10**10, op="add")
+  vary(V=10**10, op="concat")
+  vary(V=10**10, B=16384)
   return cfgs
 
 
@@ -330,11 +415,13 @@ def main():
     r = run_config(cfg, rounds)
     results.append(r)
     print(
-        "%-60s fused/stock fwd %s train %s  (%.0f s)"
+        "%-60s fused/stock fwd %s train %s; backward alone / floor %s"
+        "  (%.0f s)"
         % (
             label(cfg),
             fmt(ratio(r["fwd_ms"]["fused"], r["fwd_ms"]["stock"])),
             fmt(ratio(r["train_ms"]["fused"], r["train_ms"]["stock"])),
+            fmt(ratio(r["stage_ms"]["fused_bwd"], r["floor_ms"])),
             time.time() - t0,
         ),
         flush=True,
@@ -350,6 +437,16 @@ def main():
   print("Machine: " + machine)
   print()
   print(markdown(results))
+  print()
+  print(
+      "Train step by stage (medians of cumulative runs: forward, + loss, "
+      "+ backward, + optimizer apply; differences of medians), and each "
+      "backward alone from a stored upstream gradient against its floor "
+      "(one read of that gradient, measured as tf.reduce_sum, plus the "
+      "write of the summed rows):"
+  )
+  print()
+  print(breakdown(results))
   print()
   print("Memory at D=64, float32:")
   print()
