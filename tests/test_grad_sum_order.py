@@ -139,3 +139,88 @@ def test_same_bits_every_run_and_in_a_graph():
       np.testing.assert_array_equal(a, b.numpy())
     for a, (_, b) in zip(first, graph()):
       np.testing.assert_array_equal(a, b.numpy())
+
+
+def _bf16_bits(rng, shape):
+  """Every kind of bfloat16: normal, subnormal, zero, inf, NaN, both signs."""
+  bits = rng.integers(0, 1 << 16, size=shape, dtype=np.uint32)
+  special = np.array(
+      [0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x0001, 0x807F, 0x3F80],
+      np.uint32,
+  )
+  mask = rng.random(shape) < 0.1
+  bits[mask] = rng.choice(special, size=int(mask.sum()))
+  return bits.astype(np.uint16)
+
+
+def _bf16_to_f32(bits):
+  return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _flush(x):
+  """Float32 subnormals to zero of the same sign."""
+  tiny = np.finfo(np.float32).tiny
+  return np.where(np.abs(x) < tiny, np.copysign(np.float32(0), x), x).astype(
+      np.float32
+  )
+
+
+def _f32_to_bf16_bits(x):
+  """Round to nearest even; a NaN becomes the quiet NaN of its sign."""
+  bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+  rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+  nan = np.isnan(x)
+  quiet = np.where((bits >> 31) == 1, 0xFFC0, 0x7FC0)
+  return np.where(nan, quiet, rounded).astype(np.uint16)
+
+
+@pytest.mark.parametrize("operation", ["add", "mul"])
+@pytest.mark.parametrize("width", [4, 7, 64])
+def test_bfloat16_forward_rounds_each_element(operation, width):
+  rng = np.random.default_rng(width)
+  rows = [37, 29]
+  bits = [_bf16_bits(rng, (r, width)) for r in rows]
+  tables = [tf.bitcast(tf.constant(b), tf.bfloat16) for b in bits]
+  ids = rng.integers(0, rows[0] * rows[1], 3000)
+  got = mh.multihash_lookup(tables, tf.constant(ids), operation=operation)
+  got_bits = tf.bitcast(got, tf.uint16).numpy()
+  q, r = ids // rows[1], ids % rows[1]
+  # TensorFlow runs kernels with denormals flushed (inputs read as zero,
+  # results flushed to zero), in the scalar and the vector code alike.
+  a, b = _flush(_bf16_to_f32(bits[0])[q]), _flush(_bf16_to_f32(bits[1])[r])
+  with np.errstate(all="ignore"):
+    want = _f32_to_bf16_bits(_flush(a * b if operation == "mul" else a + b))
+  # A NaN result is a quiet NaN; IEEE leaves its sign to the operand order
+  # (NaN + -NaN), so only that it is NaN is compared.
+  nan = (want & 0x7FFF) == 0x7FC0
+  np.testing.assert_array_equal((got_bits & 0x7FFF)[nan], 0x7FC0)
+  np.testing.assert_array_equal(got_bits[~nan], want[~nan])
+
+
+@pytest.mark.parametrize("operation", ["add", "mul"])
+def test_bfloat16_sums_are_in_order_float_sums(operation):
+  rng = np.random.default_rng(3)
+  rows, width, n = [300, 250], 64, 4096
+  bits = [
+      (
+          rng.normal(size=(r, width)).astype(np.float32).view(np.uint32) >> 16
+      ).astype(np.uint16)
+      for r in rows
+  ]
+  grad_bits = (
+      rng.normal(size=(n, width)).astype(np.float32).view(np.uint32) >> 16
+  ).astype(np.uint16)
+  ids = rng.integers(0, rows[0] * rows[1], n)
+  got = mh.multihash_lookup_grad(
+      tf.bitcast(tf.constant(grad_bits), tf.bfloat16),
+      [tf.bitcast(tf.constant(b), tf.bfloat16) for b in bits],
+      tf.constant(ids),
+      operation=operation,
+  )
+  tables = [_bf16_to_f32(b) for b in bits]
+  want = _reference(tables, ids, _bf16_to_f32(grad_bits), operation)
+  for (indices, values), (want_rows, want_sums) in zip(got, want):
+    np.testing.assert_array_equal(indices.numpy(), want_rows)
+    np.testing.assert_array_equal(
+        tf.bitcast(values, tf.uint16).numpy(), _f32_to_bf16_bits(want_sums)
+    )
