@@ -73,6 +73,7 @@ CASES = [
     ([300, 250], 24, 8192, 1),  # a ragged last column group
     ([90000, 7], 32, 64, 1),  # table 0 grouped by sorting
     ([300, 250], 32, 4096, 3),  # sharded: sums through a buffer
+    ([90000, 7], 8, 64, 2),  # sharded, table 0 grouped by sorting
     ([20, 17, 13], 32, 4096, 1),  # k = 3
 ]
 

@@ -635,40 +635,38 @@ absl::Status DenseGradPass(OpKernelContext* ctx, const tfmh::Layout& layout,
   return absl::OkStatus();
 }
 
-// Table j's outputs from its buffer, shard by shard, converted to T.
-template <typename T, typename Index>
-absl::Status WriteDenseOutputs(
-    OpKernelContext* ctx, const tfmh::Layout& layout, int j,
-    const DenseTable<typename Accumulator<T>::type>& d) {
+// Table j's outputs, shard by shard: its touched rows (ascending; shards are
+// ascending row blocks, so each shard's rows are one run of them) as
+// shard-local indices, and fill(u_begin, u_end, values) writes the summed
+// rows [u_begin, u_end) into that shard's values.
+template <typename T, typename Index, typename Fill>
+absl::Status WriteShardOutputs(OpKernelContext* ctx, const tfmh::Layout& layout,
+                               int j, const int64_t* unique_rows,
+                               int64_t num_unique, Fill fill) {
   const int num_shards = layout.shard_begin[layout.num_tables];
-  const int width = layout.width[j];
   int64_t u_begin = 0;
   for (int s = layout.shard_begin[j]; s < layout.shard_begin[j + 1]; ++s) {
     const int64_t row_end = layout.shard_row[s] + tfmh::ShardRows(layout, j, s);
     const int64_t u_end =
-        std::lower_bound(d.unique_rows, d.unique_rows + d.num_unique,
-                         row_end) -
-        d.unique_rows;
+        std::lower_bound(unique_rows, unique_rows + num_unique, row_end) -
+        unique_rows;
     const int64_t count = u_end - u_begin;
     Tensor* indices = nullptr;
     Tensor* values = nullptr;
-    TF_RETURN_IF_ERROR(
-        ctx->allocate_output(s, TensorShape({count}), &indices));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(s, TensorShape({count}), &indices));
     TF_RETURN_IF_ERROR(ctx->allocate_output(
-        num_shards + s, TensorShape({count, width}), &values));
+        num_shards + s, TensorShape({count, layout.width[j]}), &values));
     auto idx = indices->flat<Index>();
-    T* out = values->flat<T>().data();
     for (int64_t u = u_begin; u < u_end; ++u) {
       idx(u - u_begin) =
-          static_cast<Index>(d.unique_rows[u] - layout.shard_row[s]);
+          static_cast<Index>(unique_rows[u] - layout.shard_row[s]);
     }
-    for (int64_t e = 0; e < count * width; ++e) {
-      out[e] = static_cast<T>(d.acc[u_begin * width + e]);
-    }
+    if (count > 0) fill(u_begin, u_end, values->flat<T>().data());
     u_begin = u_end;
   }
   return absl::OkStatus();
 }
+
 }  // namespace
 
 template <typename T, typename Index>
@@ -706,7 +704,6 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
     const Tensor& ids = ctx->input(ctx->num_inputs() - 1);
     OP_REQUIRES_OK(ctx, CheckIds<Index>(layout, ids));
     OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, layout, grad, ids));
-    const int num_shards = layout.shard_begin[layout.num_tables];
     const auto data = tables.Data<T>();
     const Index* id_data = ids.flat<Index>().data();
     const int64_t n = ids.NumElements();
@@ -720,70 +717,54 @@ class MultiHashLookupGradCpuOp : public MultiHashKernelBase {
     bool any_dense = false;
     for (int j = 0; j < layout.num_tables; ++j) {
       if (UseDenseSlots(layout.rows[j], n)) {
-        OP_REQUIRES_OK(ctx, PrepareDenseTable<T, Index>(ctx, layout, j,
-                                                        rows + j * n, n,
-                                                        &dense[j]));
+        OP_REQUIRES_OK(ctx, PrepareDenseTable<T, Index>(
+                                ctx, layout, j, rows + j * n, n, &dense[j]));
         any_dense = true;
         continue;
       }
       RowGroups groups;
       OP_REQUIRES_OK(ctx, GroupRows(ctx, rows + j * n, n, &groups));
-      const int64_t* unique_begin = groups.unique_rows;
-      const int64_t* unique_end = unique_begin + groups.num_unique;
-      // Unique rows are ascending and shards are ascending row blocks, so
-      // each shard's rows form one run of the unique rows.
-      int64_t u_begin = 0;
-      for (int s = layout.shard_begin[j]; s < layout.shard_begin[j + 1];
-           ++s) {
-        const int64_t row_end =
-            layout.shard_row[s] + tfmh::ShardRows(layout, j, s);
-        const int64_t u_end =
-            std::lower_bound(unique_begin, unique_end, row_end) -
-            unique_begin;
-        const int64_t count = u_end - u_begin;
-        Tensor* indices = nullptr;
-        Tensor* values = nullptr;
-        OP_REQUIRES_OK(ctx,
-                       ctx->allocate_output(s, TensorShape({count}), &indices));
-        OP_REQUIRES_OK(
-            ctx, ctx->allocate_output(num_shards + s,
-                                      TensorShape({count, layout.width[j]}),
-                                      &values));
-        auto idx = indices->flat<Index>();
-        for (int64_t u = u_begin; u < u_end; ++u) {
-          idx(u - u_begin) =
-              static_cast<Index>(groups.unique_rows[u] - layout.shard_row[s]);
-        }
-        if (count > 0) {
-          SumRowGrads<T, Index>(ctx, layout, data.data(), j, id_data,
-                                grad_data, groups, u_begin, u_end,
-                                values->flat<T>().data());
-        }
-        u_begin = u_end;
-      }
+      OP_REQUIRES_OK(ctx,
+                     WriteShardOutputs<T, Index>(
+                         ctx, layout, j, groups.unique_rows, groups.num_unique,
+                         [&](int64_t u_begin, int64_t u_end, T* values) {
+                           SumRowGrads<T, Index>(ctx, layout, data.data(), j,
+                                                 id_data, grad_data, groups,
+                                                 u_begin, u_end, values);
+                         }));
     }
     if (!any_dense) return;
     OP_REQUIRES_OK(ctx, DenseGradPass<T>(ctx, layout, data.data(), rows, n,
                                          grad_data, dense));
     for (int j = 0; j < layout.num_tables; ++j) {
       if (dense[j].used && !dense[j].direct) {
-        OP_REQUIRES_OK(ctx, WriteDenseOutputs<T, Index>(ctx, layout, j,
-                                                        dense[j]));
+        // Sums in Acc (or split among shards): converted to T per shard.
+        const DenseTable<Acc>& d = dense[j];
+        const int width = layout.width[j];
+        OP_REQUIRES_OK(ctx, WriteShardOutputs<T, Index>(
+                                ctx, layout, j, d.unique_rows, d.num_unique,
+                                [&](int64_t u_begin, int64_t u_end, T* values) {
+                                  const Acc* sums = d.acc + u_begin * width;
+                                  for (int64_t e = 0;
+                                       e < (u_end - u_begin) * width; ++e) {
+                                    values[e] = static_cast<T>(sums[e]);
+                                  }
+                                }));
       }
     }
   }
 };
 
-#define REGISTER_CPU(T, Index)                                            \
-  REGISTER_KERNEL_BUILDER(Name("MultiHashLookup")                         \
-                              .Device(DEVICE_CPU)                         \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<Index>("Tidx"),             \
-                          MultiHashLookupCpuOp<T, Index>);                \
-  REGISTER_KERNEL_BUILDER(Name("MultiHashLookupGrad")                     \
-                              .Device(DEVICE_CPU)                         \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<Index>("Tidx"),             \
+#define REGISTER_CPU(T, Index)                                \
+  REGISTER_KERNEL_BUILDER(Name("MultiHashLookup")             \
+                              .Device(DEVICE_CPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<Index>("Tidx"), \
+                          MultiHashLookupCpuOp<T, Index>);    \
+  REGISTER_KERNEL_BUILDER(Name("MultiHashLookupGrad")         \
+                              .Device(DEVICE_CPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<Index>("Tidx"), \
                           MultiHashLookupGradCpuOp<T, Index>);
 
 #define REGISTER_CPU_ALL_INDEX(T) \
